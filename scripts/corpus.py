@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Fetch and cache the real Debian kernels fastlkm is tested and measured on.
+
+Usage: corpus.py [--list] [NAME...]     prints NAME ROOT VERSION per kernel
+
+Each kernel is fetched with ``apt-get download`` from the registry the machine's own
+apt sources name (foreign architectures and sid through private apt lists, never by
+changing the machine), unpacked with ``dpkg-deb -x`` into one root per kernel under
+``$FASTLKM_CORPUS`` (default ``~/.cache/fastlkm/corpus``) and reused on later runs.
+The newest package matching each pattern is taken; no version is written here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE = Path(os.environ.get("FASTLKM_CORPUS", Path.home() / ".cache/fastlkm/corpus"))
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str
+    arch: str
+    sid: bool
+    # matched against package names; group 1 is the kernel release (uname -r)
+    pattern: str
+    # packages to unpack into the root, {v} being the release
+    packages: tuple[str, ...]
+
+
+KERNELS = {
+    k.name: k
+    for k in (
+        Kernel("6.1-cloud-amd64", "amd64", False, r"^linux-image-(6\.1\.0-\d+-cloud-amd64)$",
+               ("linux-image-{v}", "linux-headers-{v}")),
+        Kernel("6.12-amd64", "amd64", False, r"^linux-image-(6\.12\.\d+\+deb12-amd64)$",
+               ("linux-image-{v}", "linux-headers-{v}")),
+        Kernel("6.1-686", "i386", False, r"^linux-image-(6\.1\.0-\d+-686)-unsigned$",
+               ("linux-image-{v}-unsigned", "linux-headers-{v}")),
+        Kernel("sid-cloud-amd64", "amd64", True, r"^linux-modules-(\d+\.\d+[^ ]*-cloud-amd64)$",
+               ("linux-modules-{v}", "linux-binary-{v}", "linux-base-{v}", "linux-headers-{v}")),
+    )
+}
+
+
+def _sources_uri() -> str:
+    """The first URIs: line of the machine's own Debian sources."""
+    for f in (Path("/etc/apt/sources.list.d/debian.sources"),):
+        if f.exists():
+            for line in f.read_text().splitlines():
+                if line.startswith("URIs:"):
+                    return line.split()[1]
+    for line in Path("/etc/apt/sources.list").read_text().splitlines():
+        if line.startswith("deb "):
+            return line.split()[1]
+    raise SystemExit("corpus: no Debian source found in /etc/apt")
+
+
+def _apt_options(k: Kernel) -> list[str]:
+    lists = CACHE / "apt" / f"{k.arch}{'-sid' if k.sid else ''}"
+    (lists / "partial").mkdir(parents=True, exist_ok=True)
+    opts = ["-oAPT::Sandbox::User=root",
+            f"-oAPT::Architecture={k.arch}", f"-oAPT::Architectures={k.arch}",
+            f"-oDir::State::Lists={lists}"]
+    if k.sid:
+        src = CACHE / "apt" / "sid.list"  # apt prunes unknown files inside a lists folder
+        src.write_text(f"deb {_sources_uri()} sid main\n")
+        opts += [f"-oDir::Etc::SourceList={src}", "-oDir::Etc::SourceParts=/dev/null"]
+    stamp = lists.with_name(lists.name + ".updated")
+    if not stamp.exists():
+        # a failing secondary list (mirror mid-sync) is not fatal: the search below decides
+        subprocess.run(["apt-get", *opts, "-qq", "update"], check=False)
+        stamp.touch()
+    return opts
+
+
+def _version_key(release: str) -> list[int | str]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", release)]
+
+
+def resolve(k: Kernel) -> str:
+    """The newest release of *k* for which every package exists."""
+    opts = _apt_options(k)
+    out = subprocess.run(["apt-cache", *opts, "pkgnames"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    names = set(out)
+    rx = re.compile(k.pattern)
+    releases = sorted({m.group(1) for n in names if (m := rx.match(n))}, key=_version_key)
+    for release in reversed(releases):
+        if all(p.format(v=release) in names for p in k.packages):
+            return release
+    raise SystemExit(f"corpus: no complete package set for {k.name}")
+
+
+def fetch(name: str) -> tuple[Path, str]:
+    """Return (root, release) of kernel *name*, downloading it once."""
+    k = KERNELS[name]
+    done = CACHE / name / "release"
+    if done.exists():
+        release = done.read_text().strip()
+        return CACHE / name / "root", release
+    release = resolve(k)
+    opts = _apt_options(k)
+    debs = CACHE / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        root = Path(tmp) / "root"
+        for p in k.packages:
+            pkg = p.format(v=release)
+            have = list(debs.glob(f"{pkg}_*_{k.arch}.deb")) + list(debs.glob(f"{pkg}_*_all.deb"))
+            if not have:
+                subprocess.run(["apt-get", *opts, "-qq", "download", pkg], cwd=debs, check=True)
+                have = list(debs.glob(f"{pkg}_*.deb"))
+            subprocess.run(["dpkg-deb", "-x", str(have[0]), str(root)], check=True)
+        # kmod's depmod looks in ROOT/lib/modules; usrmerged trees keep modules in usr/lib
+        if not (root / "lib").exists() and (root / "usr/lib/modules").exists():
+            (root / "lib").symlink_to("usr/lib")
+        dest = CACHE / name
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        root.rename(dest / "root")
+        (dest / "release").write_text(release + "\n")
+    return CACHE / name / "root", release
+
+
+def main(argv: list[str]) -> int:
+    if "--list" in argv:
+        print("\n".join(KERNELS))
+        return 0
+    for name in argv or list(KERNELS):
+        root, release = fetch(name)
+        print(name, root, release)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

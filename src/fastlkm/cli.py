@@ -1,0 +1,241 @@
+"""The ``fastlkm`` command: parses arguments, calls the library, prints.  No logic here.
+
+Errors the library raises on purpose print one line, ``fastlkm: error: ...``, and exit
+with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from fastlkm import __version__
+from fastlkm.errors import FastlkmError, UsageError
+
+EXIT_FAIL = 1     # a module would not load
+EXIT_ERROR = 2    # bad input or usage
+
+
+def _out(s: str = "") -> None:
+    sys.stdout.write(s + "\n")
+
+
+def _note(s: str) -> None:
+    sys.stderr.write(f"fastlkm: {s}\n")
+
+
+# --- resolve --------------------------------------------------------------------------
+
+
+def cmd_resolve(a: argparse.Namespace) -> int:
+    from fastlkm.loader.loader import Loader, load_order
+    from fastlkm.target import open_system
+
+    target, names = a.target, list(a.modules)
+    system = open_system(target, source=a.source, jobs=a.jobs, compare=a.compare)
+    wanted = names or None
+    if wanted:
+        missing = [n for n in wanted if system.module(n) is None]
+        if missing:
+            raise UsageError(f"no such module in {system.origin}: {', '.join(missing)}")
+    loader = Loader(system.kernel)
+    results = [loader.load(m) for m in load_order(system.modules, wanted, system.kernel)]
+    kinds = Counter(m.kind for r in results for m in r.failures)
+    failed = [r for r in results if not r.ok]
+    summary = {
+        "kernel": system.kernel.release,
+        "origin": system.origin,
+        "exports_source": system.kernel.source,
+        "modules": len(results),
+        "loaded": len(results) - len(failed),
+        "failed": len(failed),
+        "lookups": sum(r.lookups for r in results),
+        "resolved": sum(r.resolved for r in results),
+        "failures_by_kind": dict(kinds),
+        "unreadable": len(system.errors),
+    }
+    if a.json:
+        doc = {
+            "summary": summary,
+            "notes": system.notes,
+            "errors": [str(e) for e in system.errors],
+            "modules": [{"name": r.module, "path": r.path, "ok": r.ok, "err": r.err,
+                         "lookups": r.lookups, "resolved": r.resolved,
+                         "messages": [{"text": m.text, "kind": m.kind, "symbol": m.symbol,
+                                       "error": m.error} for m in r.messages]}
+                        for r in results],
+        }
+        json.dump(doc, sys.stdout, indent=1)
+        _out()
+    else:
+        for n in system.notes:
+            _note(n)
+        for e in system.errors:
+            _note(f"error: {e}")
+        for r in results:
+            for m in r.messages:
+                _out(m.text)
+        _out(f"kernel {summary['kernel']} ({system.origin}); exports from "
+             f"{system.kernel.source}")
+        _out(f"modules {summary['modules']}  loaded {summary['loaded']}  failed "
+             f"{summary['failed']}  lookups {summary['lookups']}  resolved "
+             f"{summary['resolved']}")
+        if kinds:
+            _out("failures by kind: " + ", ".join(f"{k} {v}" for k, v in kinds.most_common()))
+    if failed:
+        return EXIT_FAIL
+    return EXIT_ERROR if system.errors else 0
+
+
+# --- check ----------------------------------------------------------------------------
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    from fastlkm.kernel.module import read_module
+    from fastlkm.loader.loader import Loader, load_order
+    from fastlkm.target import open_system
+
+    mod = read_module(a.module)
+    system = open_system(a.kernel, source=a.source, jobs=a.jobs)
+    others = [m for m in system.modules if m.name != mod.name]
+    loader = Loader(system.kernel)
+    plan = load_order([*others, mod], [mod.name], system.kernel)
+    results = [loader.load(m) for m in plan]
+    final = results[-1]
+    deps = results[:-1]
+    if a.json:
+        json.dump({"module": a.module, "kernel": system.kernel.release, "loads": final.ok,
+                   "err": final.err, "dependencies": [r.module for r in deps],
+                   "messages": [m.text for r in results for m in r.messages]},
+                  sys.stdout, indent=1)
+        _out()
+    else:
+        for r in results:
+            for m in r.messages:
+                _out(m.text)
+        verdict = "would load" if final.ok else f"would NOT load (err {final.err})"
+        dep_s = f" after {', '.join(r.module for r in deps)}" if deps else ""
+        _out(f"{final.module}: {verdict} on {system.kernel.release}{dep_s}")
+    return 0 if final.ok else EXIT_FAIL
+
+
+# --- depmod ---------------------------------------------------------------------------
+
+
+def cmd_depmod(a: argparse.Namespace) -> int:
+    from fastlkm.outputs.depmod import build, modules_dep, modules_symbols
+    from fastlkm.outputs.write import write_outputs
+    from fastlkm.target import modules_for_depmod
+
+    moddir, modules, order, errors = modules_for_depmod(a.basedir, a.version, jobs=a.jobs)
+    for e in errors:
+        _note(f"error: {e}")
+    dm = build(modules, order, kmod_compat=a.kmod_compat)
+    files = {"modules.dep": modules_dep(dm), "modules.symbols": modules_symbols(dm)}
+    if a.show:
+        for data in files.values():
+            sys.stdout.buffer.write(data)
+        return EXIT_ERROR if errors else 0
+    out = Path(a.output) if a.output else moddir
+    if out is None:
+        raise UsageError("a snapshot has no modules directory: give --output DIR")
+    write_outputs(out, files)
+    return EXIT_ERROR if errors else 0
+
+
+# --- snapshot -------------------------------------------------------------------------
+
+
+def cmd_snapshot(a: argparse.Namespace) -> int:
+    from fastlkm.snapshot import save
+    from fastlkm.target import open_system, to_snapshot
+
+    system = open_system(a.target, source=a.source, jobs=a.jobs)
+    for e in system.errors:
+        _note(f"error: {e}")
+    size = save(to_snapshot(system), a.output)
+    _note(f"{a.output}: {len(system.modules)} modules, {len(system.kernel.exports)} kernel "
+          f"exports, {size} bytes")
+    return EXIT_ERROR if system.errors else 0
+
+
+# --- main -----------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastlkm", description="Fast symbol resolution for "
+                                "Linux loadable kernel modules.")
+    p.add_argument("--version", action="version", version=f"fastlkm {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-j", "--jobs", type=int, default=None,
+                        help="processes reading modules (default: all cores)")
+        sp.add_argument("--source", choices=["vmlinux", "vmlinuz", "System.map",
+                                             "Module.symvers"],
+                        help="where the kernel's own exports come from (default: best "
+                             "available)")
+
+    r = sub.add_parser("resolve", help="load modules as the kernel would and report")
+    r.add_argument("target", nargs="?", help="ROOT, modules directory, RELEASE or SNAPSHOT "
+                   "(default: running kernel, else the shipped snapshot)")
+    r.add_argument("modules", nargs="*", help="modules to load with their dependencies "
+                   "(default: all)")
+    r.add_argument("--json", action="store_true")
+    r.add_argument("--compare", action="store_true",
+                   help="also read the other sources of the kernel's exports and say where "
+                        "they disagree")
+    common(r)
+    r.set_defaults(func=cmd_resolve)
+
+    c = sub.add_parser("check", help="would this module load on that kernel?")
+    c.add_argument("module")
+    c.add_argument("--kernel", default=None, help="ROOT, RELEASE or SNAPSHOT")
+    c.add_argument("--json", action="store_true")
+    common(c)
+    c.set_defaults(func=cmd_check)
+
+    d = sub.add_parser("depmod", help="write modules.dep and modules.symbols as kmod does")
+    d.add_argument("-b", "--basedir", default=None, help="root of the module tree")
+    d.add_argument("version", nargs="?", default=None,
+                   help="kernel release (or a snapshot file)")
+    d.add_argument("-o", "--output", default=None, help="write here instead of in place")
+    d.add_argument("-n", "--show", action="store_true", help="write to standard output")
+    d.add_argument("--kmod-compat", action="store_true",
+                   help="reproduce kmod's bytes, its known errors included")
+    d.add_argument("-j", "--jobs", type=int, default=None)
+    d.set_defaults(func=cmd_depmod)
+
+    s = sub.add_parser("snapshot", help="store a kernel's facts in one small file")
+    s.add_argument("target", nargs="?")
+    s.add_argument("-o", "--output", required=True)
+    common(s)
+    s.set_defaults(func=cmd_snapshot)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    try:
+        return a.func(a)
+    except FastlkmError as e:
+        if a.debug:
+            raise
+        sys.stderr.write(f"fastlkm: error: {e}\n")
+        return EXIT_ERROR
+    except OSError as e:
+        if a.debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        sys.stderr.write(f"fastlkm: error: {where}{e.strerror or e}\n")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

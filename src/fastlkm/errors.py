@@ -1,0 +1,45 @@
+"""One exception hierarchy for everything fastlkm reads or writes.
+
+Every error names the file and, where it makes sense, the byte offset, so that the command
+line can print a single ``fastlkm: error: PATH: what is wrong (at offset N)`` line.
+"""
+
+from __future__ import annotations
+
+
+class FastlkmError(Exception):
+    """Base of every error fastlkm raises on purpose."""
+
+    def __init__(self, message: str, path: str | None = None, offset: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.offset = offset
+
+    def with_path(self, path: str) -> FastlkmError:
+        """Attach *path* if the raiser did not know it (a parser working on bytes)."""
+        if self.path is None:
+            self.path = path
+        return self
+
+    def __str__(self) -> str:
+        s = f"{self.path}: {self.message}" if self.path else self.message
+        if self.offset is not None:
+            s += f" (at offset {self.offset})"
+        return s
+
+
+class FormatError(FastlkmError):
+    """The input is malformed: truncated, out of bounds, wrong magic, bad syntax."""
+
+
+class DecompressError(FormatError):
+    """A compressed payload could not be decoded, or exceeds the size cap."""
+
+
+class NotFoundError(FastlkmError):
+    """A kernel, module or file the user named does not exist."""
+
+
+class UsageError(FastlkmError):
+    """The command line asks for something inconsistent."""

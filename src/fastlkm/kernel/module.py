@@ -1,0 +1,82 @@
+"""One module file -> its :class:`~fastlkm.kernel.facts.Module` facts."""
+
+from __future__ import annotations
+
+import os
+
+from fastlkm.elf.reader import ElfFile
+from fastlkm.elf.structs import (
+    EM_SPARC,
+    EM_SPARCV9,
+    ET_REL,
+    SHN_COMMON,
+    SHN_UNDEF,
+    STB_WEAK,
+    STT_SPARC_REGISTER,
+)
+from fastlkm.errors import FastlkmError
+from fastlkm.io.codecs import decompress_file
+from fastlkm.kernel.facts import Import, Module
+from fastlkm.kernel.ksymtab import kmod_symbols, read_exports
+from fastlkm.kernel.modinfo import read_modinfo
+from fastlkm.kernel.modversions import read_versions
+
+MODULE_SIG_STRING = b"~Module signature appended~\n"
+MODULE_EXTS = (".ko", ".ko.xz", ".ko.zst", ".ko.gz", ".ko.bz2", ".ko.lz4")
+
+
+def modname(path: str) -> str:
+    """The module name of a file: basename up to the first '.', '-' -> '_'
+    (modname_normalize() in kmod)."""
+    base = os.path.basename(path)
+    return base.split(".", 1)[0].replace("-", "_")
+
+
+def is_module_path(path: str) -> bool:
+    return path.endswith(MODULE_EXTS)
+
+
+def parse_module(data: bytes, path: str, relpath: str | None = None) -> Module:
+    """Decode the facts of one (decompressed) module image."""
+    signed = data.endswith(MODULE_SIG_STRING)
+    elf = ElfFile(data, path)
+    if elf.e_type != ET_REL:
+        raise elf.error(f"not a relocatable object (e_type {elf.e_type})", 16)
+    exports = read_exports(elf)
+    versions, has_versions = read_versions(elf)
+    crc_of: dict[str, int] = {}
+    for n, c in versions:
+        crc_of.setdefault(n, c)
+    sparc = elf.machine in (EM_SPARC, EM_SPARCV9)
+    imports = []
+    common = []
+    for s in elf.symbols[1:]:
+        if s.shndx == SHN_UNDEF:
+            if not s.name or (sparc and s.type == STT_SPARC_REGISTER):
+                continue
+            imports.append(Import(s.name, s.bind == STB_WEAK, crc_of.get(s.name)))
+        elif s.shndx == SHN_COMMON:
+            common.append(s.name)
+    ks = kmod_symbols(elf)
+    names = {e.name for e in exports}
+    return Module(
+        name=modname(path),
+        path=relpath if relpath is not None else path,
+        exports=tuple(exports),
+        imports=tuple(imports),
+        modinfo=read_modinfo(elf),
+        versions=versions,
+        has_versions=has_versions,
+        signed=signed,
+        machine=elf.machine,
+        kmod_symbols=None if set(ks) == names and len(ks) == len(names) else tuple(ks),
+        common=tuple(common),
+    )
+
+
+def read_module(path: str, relpath: str | None = None) -> Module:
+    """Read, decompress and decode one module file."""
+    try:
+        return parse_module(decompress_file(path), path, relpath)
+    except FastlkmError as e:
+        raise e.with_path(path) from None

@@ -1,0 +1,136 @@
+"""Open what the user names (a root, a modules directory, a release, a snapshot, or
+nothing) as one :class:`System`: the kernel, its modules and where they came from."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from fastlkm.errors import FastlkmError, NotFoundError
+from fastlkm.kernel.facts import Kernel, Module
+from fastlkm.kernel.tree import (
+    Tree,
+    compare_exports,
+    find_tree,
+    load_kernel,
+    read_modules,
+    read_order,
+    scan_modules,
+    select_modules,
+)
+from fastlkm.snapshot import Snapshot, is_snapshot, load
+
+SHIPPED_SNAPSHOT = "debian-6.12-amd64.snap"
+
+
+@dataclass
+class System:
+    kernel: Kernel
+    modules: list[Module]            # in depmod's scan order
+    order: list[str]                 # modules.order
+    origin: str                      # what was opened, for messages
+    tree: Tree | None = None
+    notes: list[str] = field(default_factory=list)
+    errors: list[FastlkmError] = field(default_factory=list)   # unreadable modules
+
+    def module(self, name: str) -> Module | None:
+        n = name.replace("-", "_")
+        for m in self.modules:
+            if m.name == n:
+                return m
+        return None
+
+
+def shipped_snapshot() -> Path:
+    return Path(str(resources.files("fastlkm") / "data" / SHIPPED_SNAPSHOT))
+
+
+def kernel_vermagic(modules: list[Module]) -> str | None:
+    """The kernel's vermagic as its own modules record it (the most common one)."""
+    c = Counter(v for m in modules if (v := m.info1("vermagic")))
+    return c.most_common(1)[0][0] if c else None
+
+
+def open_system(arg: str | None = None, *, source: str | None = None,
+                jobs: int | None = None, compare: bool = False,
+                progress: Callable[[int], None] | None = None) -> System:
+    """Open *arg*; with none, the running kernel if its modules are installed, else the
+    snapshot shipped with fastlkm.  *source* forces where vmlinux's exports come from."""
+    if arg is None:
+        if Path("/lib/modules", platform.release()).is_dir():
+            return open_tree(find_tree(None), source=source, jobs=jobs, compare=compare,
+                             progress=progress)
+        arg = str(shipped_snapshot())
+    if os.path.isfile(arg):
+        if not is_snapshot(arg):
+            raise NotFoundError("not a kernel root, modules directory or snapshot", arg)
+        snap = load(arg)
+        return System(snap.kernel, snap.modules, snap.order, f"snapshot {arg}",
+                      notes=[f"kernel exports: {snap.kernel.source} (from the snapshot)"])
+    return open_tree(find_tree(arg), source=source, jobs=jobs, compare=compare,
+                     progress=progress)
+
+
+def open_tree(tree: Tree, *, source: str | None = None, jobs: int | None = None,
+              compare: bool = False, progress: Callable[[int], None] | None = None) -> System:
+    notes: list[str] = []
+    kernel = load_kernel(tree, prefer=source, notes=notes)
+    notes.append(f"kernel exports: {len(kernel.exports)} from {kernel.source}")
+    rels = select_modules(list(scan_modules(tree.moddir)))
+    modules, errors = read_modules(tree.moddir, rels, jobs=jobs, progress=progress)
+    kernel = dataclasses.replace(kernel, vermagic=kernel_vermagic(modules))
+    if compare:
+        notes.extend(compare_sources(tree, kernel))
+    return System(kernel, modules, read_order(tree.moddir), str(tree.moddir), tree, notes,
+                  errors)
+
+
+def compare_sources(tree: Tree, used: Kernel) -> list[str]:
+    """Load every other available source of vmlinux's exports and say where they differ."""
+    out = []
+    used_src = used.source.split()[0]
+    for src in tree.sources:
+        if src == used_src:
+            continue
+        try:
+            other = load_kernel(tree, prefer=src)
+        except FastlkmError as e:
+            out.append(f"{src}: not usable ({e})")
+            continue
+        diffs = compare_exports(used.exports, other.exports, used_src, src)
+        if diffs:
+            out.extend(f"sources disagree: {d}" for d in diffs)
+        else:
+            out.append(f"{src} agrees with {used_src} ({len(other.exports)} exports)")
+    return out
+
+
+def to_snapshot(system: System) -> Snapshot:
+    return Snapshot(system.kernel, system.modules, system.order)
+
+
+def modules_for_depmod(basedir: str | None, version: str | None, jobs: int | None = None
+                       ) -> tuple[Path | None, list[Module], list[str], list[FastlkmError]]:
+    """What depmod reads: ``BASEDIR/lib/modules/VERSION`` (or ``usr/lib/modules``), or the
+    modules of a snapshot.  The kernel's own exports are not needed."""
+    if version is not None and os.path.isfile(version) and is_snapshot(version):
+        snap = load(version)
+        return None, snap.modules, snap.order, []
+    release = version or platform.release()
+    root = Path(basedir) if basedir else Path("/")
+    for d in ("lib/modules", "usr/lib/modules"):
+        moddir = root / d / release
+        if moddir.is_dir():
+            break
+    else:
+        raise NotFoundError(f"no modules directory for {release}",
+                            str(root / "lib/modules" / release))
+    rels = select_modules(list(scan_modules(moddir)))
+    modules, errors = read_modules(moddir, rels, jobs=jobs)
+    return moddir, modules, read_order(moddir), errors
