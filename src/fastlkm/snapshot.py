@@ -4,7 +4,9 @@ Layout: the 8-byte magic ``FLKMSNAP``, a format version byte, then an xz stream 
 check) holding one JSON document.  Every symbol name is stored once in a sorted string
 table and referred to by index; an import's CRC is stored only where it differs from the
 CRC of the export of that name (in a consistent tree it never does), so a snapshot of
-Debian's 6.12 kernel (4,230 modules, ~200k imports) stays under a megabyte.
+Debian's 6.12 kernel (4,230 modules, ~200k imports) stays under a megabyte.  The
+``__versions`` entries are kept in import order, not file order (the loader looks them
+up by name, so the order carries no meaning).
 """
 
 from __future__ import annotations
@@ -68,8 +70,13 @@ def dumps(snap: Snapshot) -> bytes:
     mods = []
     for m in snap.modules:
         vcrc = dict(m.versions)
-        # versions: names in order; CRCs only where they are not the exporter's
-        vexpl = {str(i): c for i, (n, c) in enumerate(m.versions) if export_crc.get(n) != c}
+        imported = {i.name for i in m.imports}
+        # versions: which imports have one (their CRC being the exporter's unless listed),
+        # then the entries no import names (module_layout), with their CRCs
+        vmiss = [j for j, i in enumerate(m.imports) if i.name not in vcrc]
+        vexpl = {str(j): vcrc[i.name] for j, i in enumerate(m.imports)
+                 if i.name in vcrc and export_crc.get(i.name) != vcrc[i.name]}
+        vextra = [[n, c] for n, c in m.versions if n not in imported]
         imports_crc_odd = {
             str(j): i.crc for j, i in enumerate(m.imports)
             if i.crc != (vcrc.get(i.name) if m.has_versions else None)
@@ -81,7 +88,7 @@ def dumps(snap: Snapshot) -> bytes:
             "w": [j for j, i in enumerate(m.imports) if i.weak],
             "ic": imports_crc_odd,
             "i": [list(kv) for kv in m.modinfo],
-            "v": [s[n] for n, _ in m.versions], "vc": vexpl, "hv": m.has_versions,
+            "vm": vmiss, "vc": vexpl, "vx": vextra, "hv": m.has_versions,
             "sg": m.signed, "em": m.machine,
             "ks": list(m.kmod_symbols) if m.kmod_symbols is not None else None,
             "c": list(m.common),
@@ -128,9 +135,16 @@ def loads(data: bytes, path: str = "snapshot") -> Snapshot:
                 export_crc.setdefault(e.name, e.crc)
         modules = []
         for md, ex in zip(mods_raw, exports_of, strict=True):
-            vnames = [names[i] for i in md["v"]]
-            versions = tuple((n, md["vc"].get(str(j), export_crc.get(n)))
-                             for j, n in enumerate(vnames))
+            vmiss = set(md["vm"])
+            vlist: list[tuple[str, int | None]] = []
+            seen: set[str] = set()
+            for j, ni in enumerate(md["u"]):
+                n = names[ni]
+                if j not in vmiss and n not in seen:
+                    seen.add(n)
+                    vlist.append((n, md["vc"].get(str(j), export_crc.get(n))))
+            vlist.extend((n, c) for n, c in md["vx"])
+            versions = tuple((n, c if c is not None else 0) for n, c in vlist)
             vcrc = dict(versions)
             weak = set(md["w"])
             odd = md["ic"]

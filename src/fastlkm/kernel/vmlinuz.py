@@ -1,0 +1,212 @@
+"""The ELF vmlinux inside a kernel image: bzImage, EFI zboot, compressed or plain vmlinux.
+
+Boot loaders do not need the ELF file, but fastlkm does: its ``__ksymtab`` sections are the
+kernel's exports. An x86 bzImage carries it compressed (with the relocations appended) and says
+where in its setup header; other images are searched for a compressed stream that decodes to
+ELF. Raw images (arm64 ``Image``, ARM ``zImage``, the payload of an EFI zboot image) hold no
+ELF file, only the loaded bytes, and are reported as such.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from fastlkm.errors import DecompressError, FormatError
+from fastlkm.io.codecs import CODECS, DEFAULT_LIMIT, Buffer, decompress, detect, peek
+
+_ELF_MAGIC = b"\x7fELF"
+
+# x86 boot protocol (Documentation/arch/x86/boot.rst): offsets in the setup header
+_SETUP_SECTS = 0x1F1
+_HEADER = 0x202  # "HdrS"
+_VERSION = 0x206
+_PAYLOAD_OFFSET = 0x248  # since 2.08, from the start of the protected-mode code
+_PAYLOAD_LENGTH = 0x24C
+
+# EFI zboot (drivers/firmware/efi/libstub/zboot-header.S): "MZ", "zimg", u32 payload offset
+# from the start of the file, u32 size of the compressed stream alone (without the decoded
+# length Makefile.zboot appends to all but gzip), two reserved words, compression type string
+_ZBOOT_PAYLOAD = 8
+_ZBOOT_COMP_TYPE = 24
+
+_MAX_CANDIDATES = 64  # streams tried when searching an image
+_MAX_HITS = 4096  # magic matches looked at per format while collecting them
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """Where a kernel image keeps its kernel, as far as headers (not decoding) tell."""
+
+    kind: str  # "ELF", "compressed", "bzImage", "EFI zboot" or "image"
+    fmt: str | None  # compression of the payload, None when unknown or plain
+    offset: int  # where the payload starts in the file
+    length: int | None  # its length, when a header states it
+    version: int | None = None  # x86 boot protocol version, as 0x020f for 2.15
+
+
+def _u16(data: memoryview, offset: int) -> int:
+    return int.from_bytes(data[offset : offset + 2], "little")
+
+
+def _u32(data: memoryview, offset: int) -> int:
+    return int.from_bytes(data[offset : offset + 4], "little")
+
+
+def _payload(kind: str, data: memoryview, start: int, length: int, field: int) -> tuple[int, int]:
+    if length == 0 or start + length > len(data):
+        raise FormatError(
+            f"{kind} payload ({length} bytes at {start}) lies outside the file of {len(data)}",
+            offset=field,
+        )
+    return start, length
+
+
+def _bzimage(data: memoryview) -> ImageLayout | None:
+    # as a boot loader reads the setup header (Documentation/arch/x86/boot.rst)
+    if len(data) < _PAYLOAD_LENGTH + 4 or data[_HEADER : _HEADER + 4] != b"HdrS":
+        return None
+    version = _u16(data, _VERSION)
+    code = ((data[_SETUP_SECTS] or 4) + 1) * 512  # setup_sects 0 means 4
+    if version < 0x0208:
+        return ImageLayout("bzImage", None, code, None, version)
+    start, length = _payload(
+        "bzImage",
+        data,
+        code + _u32(data, _PAYLOAD_OFFSET),
+        _u32(data, _PAYLOAD_LENGTH),
+        _PAYLOAD_OFFSET,
+    )
+    return ImageLayout("bzImage", detect(data[start : start + length]), start, length, version)
+
+
+def _zboot(data: memoryview) -> ImageLayout | None:
+    # as a non-EFI loader reads the header of drivers/firmware/efi/libstub/zboot-header.S
+    if len(data) < _ZBOOT_COMP_TYPE + 32 or data[:2] != b"MZ" or data[4:8] != b"zimg":
+        return None
+    start, length = _payload(
+        "EFI zboot",
+        data,
+        _u32(data, _ZBOOT_PAYLOAD),
+        _u32(data, _ZBOOT_PAYLOAD + 4),
+        _ZBOOT_PAYLOAD,
+    )
+    fmt = detect(data[start : start + length])
+    if fmt is None:  # fall back to the name the header gives
+        named = bytes(data[_ZBOOT_COMP_TYPE : _ZBOOT_COMP_TYPE + 32]).split(b"\0")[0]
+        fmt = named.decode("ascii", "replace") or None
+    return ImageLayout("EFI zboot", fmt, start, length)
+
+
+def probe(data: Buffer) -> ImageLayout:
+    """What kind of kernel image *data* is and where its payload lies (no decoding)."""
+    view = memoryview(data).cast("B")
+    if view[:4] == _ELF_MAGIC:
+        return ImageLayout("ELF", None, 0, len(view))
+    fmt = detect(view)
+    if fmt is not None:
+        return ImageLayout("compressed", fmt, 0, len(view))
+    return _bzimage(view) or _zboot(view) or ImageLayout("image", None, 0, None)
+
+
+def _candidates(data: bytes) -> Iterator[tuple[int, str]]:
+    """(offset, format) of the first streams found in *data*, in file order, capped."""
+    found: list[tuple[int, str]] = []
+    view = memoryview(data)
+    for codec in CODECS.values():
+        hits = kept = 0
+        pos = data.find(codec.magic)
+        while pos >= 0 and hits < _MAX_HITS and kept < _MAX_CANDIDATES:
+            hits += 1
+            if codec.matches(view[pos:]):
+                found.append((pos, codec.name))
+                kept += 1
+            pos = data.find(codec.magic, pos + 1)
+    found.sort()
+    return iter(found[:_MAX_CANDIDATES])
+
+
+def _decompress_at(
+    data: memoryview, start: int, end: int, fmt: str, limit: int, path: str | None
+) -> bytes:
+    try:
+        return decompress(data[start:end], fmt, limit=limit, path=path)
+    except DecompressError as e:
+        e.offset = start + (e.offset or 0)
+        raise
+
+
+def _no_elf(path: str | None, why: str) -> FormatError:
+    return FormatError(f"no ELF vmlinux found in kernel image ({why})", path)
+
+
+def _search(data: bytes, path: str | None, limit: int) -> bytes:
+    # no kernel counterpart: the image's own decompressor knows where its payload is; here
+    # each embedded stream, in file order, is tried for an ELF header
+    view = memoryview(data)
+    for offset, fmt in _candidates(data):
+        try:
+            head = peek(view[offset:], fmt, len(_ELF_MAGIC))
+        except DecompressError:
+            continue
+        if head == _ELF_MAGIC:
+            return _decompress_at(view, offset, len(view), fmt, limit, path)
+    raise _no_elf(path, "no compressed stream in it decodes to ELF")
+
+
+def _extract(data: bytes, path: str | None, limit: int, nested: bool) -> bytes:
+    try:
+        layout = probe(data)
+    except FormatError as e:
+        raise (e.with_path(path) if path else e) from None
+    view = memoryview(data)
+    if layout.kind == "ELF":
+        return data
+    if layout.kind == "compressed" and not nested:
+        inner = decompress(view, layout.fmt, limit=limit, path=path)
+        return _extract(inner, path, limit, nested=True)
+    if layout.length is None or layout.kind == "compressed":
+        return _search(data, path, limit)
+    end = layout.offset + layout.length
+    if layout.fmt not in CODECS:
+        raise FormatError(
+            f"{layout.kind} payload is not compressed in any known format", path, layout.offset
+        )
+    inner = _decompress_at(view, layout.offset, end, layout.fmt, limit, path)
+    if inner[:4] != _ELF_MAGIC:
+        raise _no_elf(path, f"the {layout.kind} payload is a raw image, not ELF")
+    return inner
+
+
+def extract_vmlinux(data: Buffer, path: str | None = None, *, limit: int = DEFAULT_LIMIT) -> bytes:
+    """The ELF vmlinux in the kernel image *data* (read from *path*, named in errors).
+
+    ELF input is returned as it is; a wholly compressed file is decoded once and looked into
+    again; a bzImage's payload is taken from its setup header; anything else is searched for
+    the first of at most 64 compressed streams that decodes to ELF. Raises FormatError when
+    the image holds no ELF file, DecompressError when its payload cannot be decoded or would
+    exceed *limit* bytes.
+    """
+    return _extract(data if isinstance(data, bytes) else bytes(data), path, limit, nested=False)
+
+
+def describe(data: Buffer) -> str:
+    """A short description of a kernel image for messages, e.g. "bzImage, zstd payload"."""
+    try:
+        layout = probe(data)
+    except FormatError as e:
+        return f"kernel image with a bad header: {e.message}"
+    if layout.kind == "ELF":
+        return "ELF vmlinux"
+    if layout.kind == "compressed":
+        return f"{layout.fmt}-compressed file"
+    if layout.kind == "image":
+        first = next(_candidates(bytes(data)), None)
+        if first is None:
+            return "kernel image without compressed streams"
+        return f"kernel image, first compressed stream {first[1]} at offset {first[0]:#x}"
+    name = "EFI zboot image" if layout.kind == "EFI zboot" else layout.kind
+    if layout.version is not None and layout.version < 0x0208:
+        major, minor = layout.version >> 8, layout.version & 0xFF
+        return f"{name} (boot protocol {major}.{minor:02}), payload not located"
+    return f"{name}, {layout.fmt or 'unknown'} payload"

@@ -1,0 +1,221 @@
+"""Ask a real kernel, booted under QEMU, what it says when modules are loaded.
+
+Test support only: the kernel is the oracle fastlkm's loader model is checked against.
+``boot_and_insmod`` packs busybox, the modules and a small ``/init`` into a newc
+initramfs, boots the kernel with software emulation (TCG; KVM fails on these
+machines), runs ``insmod`` on each module in order and returns each exit status and
+message together with the kernel log.
+
+The kernel console stays on the first serial port; ``/init`` writes its results to the
+second one, a file, so kernel messages never interleave with them.
+
+Trap: busybox's insmod tries ``finit_module`` first and, on any failure, loads the
+module a second time with ``init_module``; a module that fails therefore leaves its
+kernel messages in the log twice.
+"""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+
+QEMU = "qemu-system-x86_64"
+BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
+CMDLINE = "console=ttyS0 panic=-1 quiet loglevel=3"
+
+# include/linux/module_signature.h: the trailer of a signed module is
+# [signer][key id][signature][struct module_signature][magic], the struct being
+# algo, hash, id_type, signer_len, key_id_len, 3 bytes of padding, big-endian sig_len
+MODULE_SIG_MAGIC = b"~Module signature appended~\n"
+_MODULE_SIGNATURE = struct.Struct(">BBBBB3xI")
+
+
+class QemuError(RuntimeError):
+    """QEMU did not run the initramfs to its end; carries the console's tail."""
+
+
+class QemuTimeout(QemuError):
+    """The guest did not power off in time; QEMU was killed."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    module: str  # file name given
+    status: int  # insmod's exit status
+    output: str  # insmod's own stdout and stderr
+
+
+@dataclass(frozen=True)
+class BootResult:
+    verdicts: list[Verdict]
+    dmesg: str  # the kernel log after every insmod
+    console: str  # what the kernel wrote to the serial console, for diagnosis
+    seconds: float  # wall time of the QEMU run, boot to power-off
+
+
+def strip_signature(data: bytes) -> bytes:
+    """*data* without its appended signature; unsigned data is returned unchanged."""
+    # the same walk as mod_check_sig() in kernel/module_signature.c
+    if not data.endswith(MODULE_SIG_MAGIC):
+        return data
+    info_end = len(data) - len(MODULE_SIG_MAGIC)
+    info_start = info_end - _MODULE_SIGNATURE.size
+    if info_start < 0:
+        raise ValueError("module signature trailer is truncated")
+    *_, signer_len, key_id_len, sig_len = _MODULE_SIGNATURE.unpack_from(data, info_start)
+    start = info_start - sig_len - signer_len - key_id_len
+    if start < 0:
+        raise ValueError(f"module signature of {sig_len} bytes is longer than the file")
+    return data[:start]
+
+
+def decompress_module(data: bytes) -> bytes:
+    """A plain ELF module from *data*, decompressing xz, zstd and gzip by their magic."""
+    # busybox's insmod reads no zstd, and gzip/xz only when built with them
+    if data.startswith(b"\xfd7zXZ\x00"):
+        return lzma.decompress(data, format=lzma.FORMAT_XZ)
+    if data.startswith(b"\x28\xb5\x2f\xfd"):
+        return zstandard.ZstdDecompressor().stream_reader(data).read()
+    if data.startswith(b"\x1f\x8b"):
+        return gzip.decompress(data)
+    return data
+
+
+def newc_archive(entries: Sequence[tuple[str, int, bytes, int]]) -> bytes:
+    """A cpio archive in the "new ASCII" format the kernel unpacks (usr/gen_init_cpio.c).
+
+    Each entry is (name, mode with file type, contents, rdev as major << 8 | minor).
+    """
+    out = bytearray()
+
+    def add(name: str, mode: int, data: bytes, rdev: int, ino: int) -> None:
+        raw = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, 2 if mode & 0o040000 else 1, 0, len(data), 0, 0,
+                  rdev >> 8, rdev & 0xFF, len(raw), 0)
+        out.extend(b"070701" + b"".join(b"%08X" % f for f in fields) + raw)
+        out.extend(b"\0" * (-len(out) % 4))
+        out.extend(data)
+        out.extend(b"\0" * (-len(out) % 4))
+
+    for ino, (name, mode, data, rdev) in enumerate(entries, start=1):
+        add(name, mode, data, rdev, ino)
+    add("TRAILER!!!", 0, b"", 0, 0)
+    return bytes(out)
+
+
+def _init_script(count: int) -> str:
+    lines = [
+        "#!/bin/busybox sh",
+        "/bin/busybox --install -s /bin",
+        "export PATH=/bin",
+        "mount -t proc proc /proc",
+        "mount -t sysfs sysfs /sys",
+        "mount -t devtmpfs devtmpfs /dev",
+        "dmesg -n 1",
+        "exec 3>/dev/ttyS1",
+        "load() {",
+        '    out=$(insmod "/modules/$1.ko" 2>&1)',
+        "    echo \"@@INSMOD $1 status=$?\" >&3",
+        '    [ -n "$out" ] && echo "$out" >&3',
+        "    echo \"@@END $1\" >&3",
+        "}",
+    ]
+    lines += [f"load {i:03d}" for i in range(count)]
+    lines += [
+        "echo @@DMESG >&3",
+        "dmesg >&3",
+        "echo @@END DMESG >&3",
+        "exec 3>&-",  # the last close waits until the port has sent everything
+        "poweroff -f",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def build_initramfs(modules: Sequence[Path]) -> bytes:
+    """The gzip-compressed initramfs that loads *modules* in order (names 000.ko, ...)."""
+    entries: list[tuple[str, int, bytes, int]] = [
+        (d, 0o040755, b"", 0) for d in ("bin", "dev", "proc", "sys", "modules")
+    ]
+    entries.append(("dev/console", 0o020600, b"", 5 << 8 | 1))  # init's stdio before devtmpfs
+    entries.append(("bin/busybox", 0o100755, BUSYBOX.read_bytes(), 0))
+    entries.append(("init", 0o100755, _init_script(len(modules)).encode(), 0))
+    for i, m in enumerate(modules):
+        entries.append((f"modules/{i:03d}.ko", 0o100644, decompress_module(m.read_bytes()), 0))
+    return gzip.compress(newc_archive(entries), compresslevel=1)
+
+
+_INSMOD = re.compile(r"@@INSMOD (\d+) status=(\d+)\n(.*?)@@END \1\n", re.S)
+_DMESG = re.compile(r"@@DMESG\n(.*?)@@END DMESG\n", re.S)
+
+
+def parse_results(text: str, modules: Sequence[Path]) -> tuple[list[Verdict], str]:
+    """The verdicts and the kernel log from what ``/init`` wrote to the results port."""
+    text = text.replace("\r\n", "\n")
+    found = {int(m[1]): (int(m[2]), m[3].rstrip("\n")) for m in _INSMOD.finditer(text)}
+    dmesg = _DMESG.search(text)
+    if dmesg is None or len(found) != len(modules):
+        raise QemuError(f"incomplete results from the guest ({len(found)} of {len(modules)} "
+                        f"insmods, dmesg {'present' if dmesg else 'missing'}):\n{text[-2000:]}")
+    verdicts = [Verdict(m.name, *found[i]) for i, m in enumerate(modules)]
+    return verdicts, dmesg[1]
+
+
+def missing_tools() -> str | None:
+    """Why ``boot_and_insmod`` cannot run here, or None."""
+    if shutil.which(QEMU) is None:
+        return f"{QEMU} not installed (Debian package qemu-system-x86)"
+    if not BUSYBOX.is_file():
+        return f"{BUSYBOX} missing (Debian package busybox-static)"
+    return None
+
+
+def boot_and_insmod(vmlinuz: Path, modules: Sequence[Path], *, timeout: float = 180,
+                    memory_mb: int = 768) -> BootResult:
+    """Boot *vmlinuz*, ``insmod`` each of *modules* in order, and return what happened.
+
+    Modules may be compressed (.ko.xz, .ko.zst, .ko.gz); they are loaded as plain ELF.
+    Raises QemuTimeout if the guest is still running after *timeout* seconds and
+    QemuError if it stopped without reporting every result.
+    """
+    with tempfile.TemporaryDirectory(prefix="fastlkm-qemu-") as tmp:
+        initrd = Path(tmp) / "initrd.gz"
+        results = Path(tmp) / "results.txt"
+        initrd.write_bytes(build_initramfs(modules))
+        cmd = [
+            QEMU, "-accel", "tcg", "-cpu", "max", "-m", str(memory_mb),
+            "-kernel", str(vmlinuz), "-initrd", str(initrd), "-append", CMDLINE,
+            "-nographic", "-no-reboot", "-nic", "none",
+            "-serial", "stdio", "-serial", f"file:{results}", "-monitor", "none",
+        ]
+        start = time.monotonic()
+        with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) as proc:
+            try:
+                out, _ = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+                console = out.decode(errors="replace")
+                raise QemuTimeout(f"guest still running after {timeout:g} s, killed; "
+                                  f"console tail:\n{console[-2000:]}") from None
+        seconds = time.monotonic() - start
+        console = out.decode(errors="replace")
+        if proc.returncode != 0:
+            raise QemuError(f"{QEMU} exited with {proc.returncode}:\n{console[-2000:]}")
+        text = results.read_bytes().decode(errors="replace") if results.exists() else ""
+        try:
+            verdicts, dmesg = parse_results(text, modules)
+        except QemuError as e:
+            raise QemuError(f"{e}\nconsole tail:\n{console[-2000:]}") from None
+    return BootResult(verdicts, dmesg, console, seconds)
