@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -10,15 +11,20 @@ from pathlib import Path
 
 import pytest
 
+from fastlkm.target import System, open_system
+
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+REQUIRED = os.environ.get("FASTLKM_REQUIRE_CORPUS") == "1"
+KERNELS = ("6.1-cloud-amd64", "6.12-amd64", "6.1-686", "sid-cloud-amd64")
 
 
 @pytest.fixture(scope="session")
 def corpus() -> Callable[[str], tuple[Path, str]]:
     """``corpus(name)`` is (root, release) of a real Debian kernel, fetched once and cached.
 
-    Names are those of ``scripts/corpus.py --list``; a kernel that cannot be fetched (no
-    network, no apt) skips the test instead of failing it.
+    Names are those of ``scripts/corpus.py --list``.  A kernel that cannot be fetched (no
+    network, no apt) skips the test on a developer's machine and fails it where the real
+    kernels are required (``FASTLKM_REQUIRE_CORPUS=1``, set by ``.ci/run``).
     """
     spec = importlib.util.spec_from_file_location("fastlkm_corpus", SCRIPTS / "corpus.py")
     assert spec is not None and spec.loader is not None
@@ -30,6 +36,39 @@ def corpus() -> Callable[[str], tuple[Path, str]]:
         try:
             return module.fetch(name)
         except (SystemExit, subprocess.CalledProcessError, OSError) as e:
+            if REQUIRED:
+                pytest.fail(f"corpus kernel {name} unavailable: {e}")
             pytest.skip(f"corpus kernel {name} unavailable: {e}")
 
     return fetch
+
+
+@pytest.fixture(scope="session")
+def system(corpus: Callable[[str], tuple[Path, str]]) -> Callable[..., System]:
+    """``system(name, source=None)``: a corpus kernel opened once per session."""
+    cache: dict[tuple[str, str | None], System] = {}
+
+    def open_(name: str, source: str | None = None) -> System:
+        key = (name, source)
+        if key not in cache:
+            root, _ = corpus(name)
+            cache[key] = open_system(str(root), source=source)
+        return cache[key]
+
+    return open_
+
+
+def require_tools(*tools: str) -> None:
+    """Skip (or, where real-kernel tests are required, fail) when a tool is missing."""
+    import shutil
+
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        skip_or_fail(f"missing tools: {', '.join(missing)}")
+
+
+def skip_or_fail(msg: str) -> None:
+    """Skip on a developer's machine; fail where real-kernel tests are required."""
+    if REQUIRED:
+        pytest.fail(msg)
+    pytest.skip(msg)

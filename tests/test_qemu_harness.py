@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.conftest import skip_or_fail  # noqa: E402
 from tests.qemu import (  # noqa: E402
     MODULE_SIG_MAGIC,
     BootResult,
@@ -84,7 +85,7 @@ def _modules_dep(root: Path, release: str) -> dict[str, list[str]]:
     moddir = root / "lib/modules" / release
     if not (moddir / "modules.dep").exists():
         if shutil.which("depmod") is None:
-            pytest.skip("modules.dep missing and no depmod (Debian package kmod)")
+            skip_or_fail("modules.dep missing and no depmod (Debian package kmod)")
         subprocess.run(["depmod", "-b", str(root), release], check=True)
     dep: dict[str, list[str]] = {}
     for line in (moddir / "modules.dep").read_text().splitlines():
@@ -96,14 +97,14 @@ def _modules_dep(root: Path, release: str) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def boot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Boot]:
     if reason := missing_tools():
-        pytest.skip(reason)
+        skip_or_fail(reason)
     root, release = _corpus()
     moddir = root / "lib/modules" / release
     dep = _modules_dep(root, release)
     top = next((t for t in CHAIN_TOPS if len(dep.get(t, ())) >= 2), None)
     leaf = next((m for m in LEAVES if m in dep and not dep[m]), None)
     if top is None or leaf is None:
-        pytest.skip(f"no known dependency chain or leaf module among {KERNEL}'s modules")
+        skip_or_fail(f"no known dependency chain or leaf module among {KERNEL}'s modules")
     tmp = tmp_path_factory.mktemp("modules")
     signed = (moddir / leaf).read_bytes()
     stripped = tmp / Path(leaf).name

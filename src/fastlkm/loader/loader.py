@@ -171,7 +171,7 @@ class Loader:
         kmagic = self.kernel.vermagic
         magic = module.info1("vermagic")
         if magic is None:
-            err = self._taint_forced(name, "no version magic", res)
+            err = self._taint_forced(name, "bad vermagic", res)
             if err:
                 res.err = err
                 return False

@@ -1,0 +1,199 @@
+"""The loader model: kernel semantics on small facts, and zero failures on real trees."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fastlkm.kernel.facts import Export, Import, Kernel, License, Module
+from fastlkm.kernel.tree import compare_exports
+from fastlkm.loader.loader import Loader, load_order, module_match, same_magic
+from tests.conftest import KERNELS
+
+GPL = (("license", "GPL"),)
+
+
+def kernel(*exports: Export, modversions: bool = False, **config: str) -> Kernel:
+    return Kernel("test", tuple(exports), "test", modversions=modversions,
+                  config={"CONFIG_MODULE_FORCE_LOAD": "y", **config})
+
+
+def mod(name: str, imports: tuple[str, ...] = (), exports: tuple[Export, ...] = (),
+        info: tuple[tuple[str, str], ...] = GPL, **kw: object) -> Module:
+    return Module(name, f"{name}.ko", exports=exports,
+                  imports=tuple(Import(i) for i in imports),
+                  modinfo=(*info, ("vermagic", "6.0 SMP mod_unload")), **kw)  # type: ignore
+
+
+def texts(r: object) -> list[str]:
+    return [m.text for m in r.messages]  # type: ignore[attr-defined]
+
+
+def test_vmlinux_then_newest_module_first() -> None:
+    L = Loader(kernel(Export("a")))
+    assert L.load(mod("m1", exports=(Export("b"),))).ok
+    assert L.load(mod("m2", exports=(Export("c"),))).ok
+    r = L.load(mod("user", ("a", "b", "c")))
+    assert r.ok and r.lookups == 3 and r.resolved == 3
+    owner, _ = L.find_symbol("b", gplok=True)  # type: ignore[misc]
+    assert owner is not None and owner.name == "m1"
+
+
+def test_unknown_symbol_every_one_reported_last_error_kept() -> None:
+    L = Loader(kernel(Export("a")))
+    r = L.load(mod("m", ("x", "a", "y")))
+    assert not r.ok and r.err == -2
+    assert texts(r) == ["m: Unknown symbol x (err -2)", "m: Unknown symbol y (err -2)"]
+
+
+def test_weak_and_arch_ignored_symbols_are_fine() -> None:
+    L = Loader(kernel())
+    m = dataclasses.replace(mod("m"), imports=(Import("w", weak=True),
+                                               Import("_GLOBAL_OFFSET_TABLE_")), machine=62)
+    assert L.load(m).ok
+    m386 = dataclasses.replace(m, name="n", machine=40)  # ARM does not ignore it
+    assert texts(L.load(m386)) == ["n: Unknown symbol _GLOBAL_OFFSET_TABLE_ (err -2)"]
+
+
+def test_gpl_only_invisible_to_proprietary_module() -> None:
+    L = Loader(kernel(Export("g", License.GPL_ONLY), Export("p")))
+    r = L.load(mod("prop", ("g", "p"), info=(("license", "Proprietary"),)))
+    assert texts(r) == ["prop: module license 'Proprietary' taints kernel.",
+                        "prop: Unknown symbol g (err -2)"]
+    # the taint message is printed once per boot
+    r = L.load(mod("prop2", ("p",), info=()))
+    assert r.ok and texts(r) == []
+
+
+def test_gpl_only_flag_of_kflagstab_kernel() -> None:
+    k = kernel(Export("g", License.GPL_ONLY, flags=1), Export("p"))
+    r = Loader(k).load(mod("prop", ("g",), info=(("license", "BSD"),)))
+    assert texts(r)[-1] == "prop: Unknown symbol g (err -2)"
+
+
+def test_dual_licenses_are_gpl_compatible() -> None:
+    L = Loader(kernel(Export("g", License.GPL_ONLY)))
+    for i, lic in enumerate(("Dual BSD/GPL", "Dual MIT/GPL", "Dual MPL/GPL", "GPL v2",
+                             "GPL and additional rights")):
+        assert L.load(mod(f"m{i}", ("g",), info=(("license", lic),))).ok
+
+
+def test_namespace_must_be_imported() -> None:
+    k = kernel(Export("s", namespace="CXL"))
+    L = Loader(k)
+    r = L.load(mod("m", ("s",)))
+    assert texts(r) == [
+        "m: module uses symbol (s) from namespace CXL, but does not import it.",
+        "m: Unknown symbol s (err -22)",
+    ]
+    assert L.load(mod("n", ("s",), info=(*GPL, ("import_ns", "CXL")))).ok
+
+
+def test_module_namespace_names_its_users() -> None:
+    k = kernel(Export("s", namespace="module:kvm-amd,kvm-intel"),
+               Export("t", namespace="module:foo-*"))
+    L = Loader(k)
+    assert L.load(mod("kvm_amd", ("s",))).ok
+    assert L.load(mod("foo_bar", ("t",))).ok
+    assert not L.load(mod("kvm", ("s",))).ok
+    assert module_match("kvm_intel", "kvm-amd,kvm-intel")
+    assert not module_match("kvm_intel2", "kvm-amd,kvm-intel")
+
+
+def test_modversions_crc_mismatch() -> None:
+    k = kernel(Export("s", crc=0x1234), Export("t", crc=7), modversions=True)
+    L = Loader(k)
+    m = dataclasses.replace(mod("m"), imports=(Import("s", crc=0x1235), Import("t", crc=7)),
+                            versions=(("s", 0x1235), ("t", 7)), has_versions=True)
+    r = L.load(m)
+    assert texts(r) == ["m: disagrees about version of symbol s",
+                        "m: Unknown symbol s (err -22)"]
+    # without modversions in the kernel, CRCs are not compared
+    assert Loader(dataclasses.replace(k, modversions=False)).load(m).ok
+
+
+def test_no_versions_forces_load_with_taint_or_fails() -> None:
+    k = kernel(Export("s", crc=1), modversions=True)
+    r = Loader(k).load(mod("m", ("s",)))
+    assert r.ok and texts(r) == ["m: s: kernel tainted."]
+    k2 = dataclasses.replace(k, config={"CONFIG_MODULE_FORCE_LOAD": "n"})
+    r = Loader(k2).load(mod("m", ("s",)))
+    assert not r.ok and texts(r)[-1] == "m: Unknown symbol s (err -22)"
+
+
+def test_duplicate_export_fails() -> None:
+    L = Loader(kernel(Export("a")))
+    assert L.load(mod("m1", exports=(Export("b"),))).ok
+    r = L.load(mod("m2", exports=(Export("b"),)))
+    assert texts(r) == ["m2: exports duplicate symbol b (owned by m1)"] and r.err == -8
+    r = L.load(mod("m3", exports=(Export("a"),)))
+    assert texts(r) == ["m3: exports duplicate symbol a (owned by kernel)"]
+
+
+def test_already_loaded_and_unload() -> None:
+    L = Loader(kernel())
+    assert L.load(mod("m", exports=(Export("b"),))).ok
+    assert L.load(mod("m")).err == -17
+    L.unload("m")
+    assert L.find_symbol("b", True) is None
+
+
+def test_proprietary_owner_taint_inheritance() -> None:
+    L = Loader(kernel(Export("g", License.GPL_ONLY)))
+    assert L.load(mod("prop", exports=(Export("p"),), info=(("license", "Pro"),))).ok
+    r = L.load(mod("user", ("p",)))
+    assert r.ok and "user: module uses symbols p from proprietary module prop, inheriting " \
+        "taint." in texts(r)
+    r = L.load(mod("gpluser", ("g", "p")))
+    assert not r.ok and "gpluser: module using GPL-only symbols uses symbols p from " \
+        "proprietary module prop." in texts(r)
+
+
+def test_common_symbols_refused() -> None:
+    r = Loader(kernel()).load(dataclasses.replace(mod("m"), common=("buf",)))
+    assert texts(r) == ["m: please compile with -fno-common"] and r.err == -8
+
+
+def test_vermagic() -> None:
+    k = dataclasses.replace(kernel(), vermagic="6.0 SMP mod_unload")
+    L = Loader(k)
+    bad = dataclasses.replace(mod("m"), modinfo=(*GPL, ("vermagic", "6.0 SMP preempt")))
+    assert texts(L.load(bad)) == [
+        "m: version magic '6.0 SMP preempt' should be '6.0 SMP mod_unload'"]
+    assert same_magic("6.1 SMP x", "6.2 SMP x", has_crcs=True)
+    assert not same_magic("6.1 SMP x", "6.2 SMP x", has_crcs=False)
+
+
+def test_load_order_dependencies_first() -> None:
+    a = mod("a", exports=(Export("fa"),))
+    b = mod("b", ("fa",), exports=(Export("fb"),))
+    c = mod("c", ("fb", "fa"))
+    assert [m.name for m in load_order([c, b, a])] == ["a", "b", "c"]
+    assert [m.name for m in load_order([c, b, a], ["b"])] == ["a", "b"]
+
+
+# --- real kernels -------------------------------------------------------------------------
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("source", ["vmlinuz", "Module.symvers"])
+def test_every_module_of_real_tree_loads(system, name: str, source: str) -> None:
+    s = system(name, source)
+    assert s.kernel.source.startswith(source)
+    L = Loader(s.kernel)
+    results = [L.load(m) for m in load_order(s.modules, kernel=s.kernel)]
+    failures = [m.text for r in results for m in r.failures]
+    assert len(results) == len(s.modules) and not failures, failures[:10]
+    assert sum(r.lookups for r in results) == sum(len(m.imports) for m in s.modules)
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("name", KERNELS)
+def test_vmlinuz_and_symvers_agree(system, name: str) -> None:
+    a, b = system(name, "vmlinuz").kernel, system(name, "Module.symvers").kernel
+    assert len(a.exports) > 1000
+    assert compare_exports(a.exports, b.exports, "vmlinuz", "Module.symvers") == []
+    assert {e.name: e.crc for e in a.exports if e.crc is not None} == \
+        {e.name: e.crc for e in b.exports if a.modversions}
