@@ -8,6 +8,7 @@ from the headers' ``Module.symvers`` (behind ``build``, a symlink resolved insid
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from collections.abc import Callable, Iterator
@@ -227,8 +228,13 @@ def load_kernel(tree: Tree, prefer: str | None = None,
                 raise
             notes.append(f"{e.with_path(str(path))}; trying the next source")
             continue
+        shown = path
+        if tree.root is not None and tree.root != Path("/"):
+            # relative to the root, so a snapshot does not carry this machine's paths
+            with contextlib.suppress(ValueError):
+                shown = path.relative_to(tree.root)
         return Kernel(
-            release=tree.release, exports=tuple(exports), source=f"{src} {path}",
+            release=tree.release, exports=tuple(exports), source=f"{src} {shown}",
             machine=machine, modversions=config.get("CONFIG_MODVERSIONS") == "y",
             config=config,
         )

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian machine: set-up, the real Debian kernels
+# (fetched once with apt-get download and cached under ~/.cache/fastlkm/corpus), then
+# pytest.  Extra arguments go to pytest.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$here/scripts/setup.sh" test
+python "$here/scripts/corpus.py"
+cd "$here"
+ruff check src tests scripts benchmarks
+python -m pytest "$@"
