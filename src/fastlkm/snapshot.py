@@ -117,6 +117,8 @@ def loads(data: bytes, path: str = "snapshot") -> Snapshot:
     try:
         dec = lzma.LZMADecompressor()
         raw = dec.decompress(data[len(MAGIC) + 1:], max_length=1 << 30)
+        if not dec.eof:
+            raise FormatError("truncated snapshot", path, len(data))
         doc = json.loads(raw)
         names: list[str] = doc["names"]
         kd = doc["kernel"]

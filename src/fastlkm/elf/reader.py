@@ -85,8 +85,10 @@ class ElfFile:
         self.data = data
         self.path = path
         size = len(data)
-        if size < 16 or data[:4] != ELFMAG:
+        if data[:4] != ELFMAG[:len(data[:4])] or (size >= 4 and data[:4] != ELFMAG):
             raise FormatError("not an ELF file (bad magic)", path, 0)
+        if size < 16:
+            raise FormatError(f"truncated ELF identification ({size} bytes)", path, 0)
         elfclass, encoding = data[4], data[5]
         if elfclass not in (ELFCLASS32, ELFCLASS64):
             raise FormatError(f"unknown ELF class {elfclass}", path, 4)
