@@ -160,15 +160,17 @@ def _read_crcs(elf: ElfFile, name: str, count: int) -> list[int] | None:
     if sec is None:
         return None
     data = elf.section_data(sec)
-    if len(data) < 4 * count:
+    # u32 entries since Linux 4.11; 64-bit kernels before it stored unsigned longs
+    width = 8 if elf.is64 and count and len(data) == 8 * count else 4
+    if len(data) < width * count:
         raise elf.error(f"{name}: {len(data)} bytes for {count} CRCs", sec.offset)
-    u32 = elf.layout.u32
-    crcs = [u32.unpack_from(data, 4 * i)[0] for i in range(count)]
+    get = (elf.layout.word if width == 8 else elf.layout.u32).unpack_from
+    crcs = [get(data, width * i)[0] & 0xFFFFFFFF for i in range(count)]
     if elf.e_type == ET_REL:
         # older kernels relocate __kcrctab against absolute __crc_<name> symbols
         for off, (sym, addend) in elf.relocations_for(sec).items():
-            if off % 4 == 0 and off // 4 < count and sym.shndx in (SHN_ABS, SHN_UNDEF):
-                crcs[off // 4] = (sym.value + addend) & 0xFFFFFFFF
+            if off % width == 0 and off // width < count and sym.shndx in (SHN_ABS, SHN_UNDEF):
+                crcs[off // width] = (sym.value + addend) & 0xFFFFFFFF
     return crcs
 
 
