@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from fastlkm.elf.structs import EM_386, EM_PPC64, EM_X86_64
 from fastlkm.kernel.facts import KSYM_FLAG_PROTECTED, Export, Kernel, License, Module
@@ -86,30 +87,24 @@ def ignore_undef_symbol(machine: int, name: str) -> bool:
     return machine in (EM_386, EM_X86_64) and name == "_GLOBAL_OFFSET_TABLE_"
 
 
-class Loader:
-    """A running kernel as far as module symbol resolution goes."""
+class SymbolSearch(Protocol):
+    """find_symbol() over vmlinux and the loaded modules; strategies plug in here."""
+
+    def find(self, name: str, gplok: bool) -> tuple[LoadedModule | None, Export] | None: ...
+    def add(self, mod: LoadedModule) -> None: ...
+    def remove(self, mod: LoadedModule) -> None: ...
+
+
+class DictSearch:
+    """The reference search: a dict from name to its candidates in search order."""
 
     def __init__(self, kernel: Kernel):
-        self.kernel = kernel
-        self.modversions = kernel.modversions
-        self.force_load = kernel.config.get("CONFIG_MODULE_FORCE_LOAD", "y") == "y" \
-            if kernel.config else True
-        self.allow_missing_ns = kernel.config.get(
-            "CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS") == "y"
-        self.loaded: dict[str, LoadedModule] = {}
-        self._seq = 0
-        self.tainted_proprietary = False
-        self.tainted_forced = False
-        self._warned_once: set[tuple[str, str]] = set()
-        # name -> candidates in search order: vmlinux first (table order), then modules
-        # by load sequence; each is (owner or None, export)
+        # name -> (owner or None, export); vmlinux first, then modules by load sequence
         self._index: dict[str, list[tuple[LoadedModule | None, Export]]] = {}
         for e in kernel.exports:
             self._index.setdefault(e.name, []).append((None, e))
 
-    # --- find_symbol ------------------------------------------------------------------
-
-    def find_symbol(self, name: str, gplok: bool) -> tuple[LoadedModule | None, Export] | None:
+    def find(self, name: str, gplok: bool) -> tuple[LoadedModule | None, Export] | None:
         cands = self._index.get(name)
         if not cands:
             return None
@@ -122,6 +117,36 @@ class Loader:
             if best is None or owner.seq > best[0].seq:  # type: ignore[union-attr]
                 best = (owner, e)
         return best
+
+    def add(self, mod: LoadedModule) -> None:
+        for e in mod.module.exports:
+            self._index.setdefault(e.name, []).append((mod, e))
+
+    def remove(self, mod: LoadedModule) -> None:
+        for e in mod.module.exports:
+            lst = self._index.get(e.name, [])
+            lst[:] = [c for c in lst if c[0] is not mod]
+
+
+class Loader:
+    """A running kernel as far as module symbol resolution goes."""
+
+    def __init__(self, kernel: Kernel, search: SymbolSearch | None = None):
+        self.kernel = kernel
+        self.modversions = kernel.modversions
+        self.force_load = kernel.config.get("CONFIG_MODULE_FORCE_LOAD", "y") == "y" \
+            if kernel.config else True
+        self.allow_missing_ns = kernel.config.get(
+            "CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS") == "y"
+        self.loaded: dict[str, LoadedModule] = {}
+        self._seq = 0
+        self.tainted_proprietary = False
+        self.tainted_forced = False
+        self._warned_once: set[tuple[str, str]] = set()
+        self.search: SymbolSearch = search if search is not None else DictSearch(kernel)
+
+    def find_symbol(self, name: str, gplok: bool) -> tuple[LoadedModule | None, Export] | None:
+        return self.search.find(name, gplok)
 
     # --- load_module ------------------------------------------------------------------
 
@@ -145,16 +170,12 @@ class Loader:
             return res
         self._seq += 1
         self.loaded[name] = mod
-        for e in module.exports:
-            self._index.setdefault(e.name, []).append((mod, e))
+        self.search.add(mod)
         res.ok = True
         return res
 
     def unload(self, name: str) -> None:
-        mod = self.loaded.pop(name)
-        for e in mod.module.exports:
-            lst = self._index.get(e.name, [])
-            lst[:] = [c for c in lst if c[0] is not mod]
+        self.search.remove(self.loaded.pop(name))
 
     def _taint_forced(self, name: str, reason: str, res: LoadResult) -> int:
         """try_to_force_load()"""
