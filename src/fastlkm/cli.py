@@ -162,6 +162,58 @@ def cmd_snapshot(a: argparse.Namespace) -> int:
     return EXIT_ERROR if system.errors else 0
 
 
+# --- bench ----------------------------------------------------------------------------
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from fastlkm.bench import run_bench
+    from fastlkm.lookup import native
+    from fastlkm.outputs.report import print_report, write_json
+    from fastlkm.target import open_system
+
+    tty = sys.stderr.isatty()
+    status = None
+    if tty:
+        from rich.console import Console
+
+        status = Console(stderr=True).status("opening the kernel")
+        status.start()
+
+    def progress(msg: str) -> None:
+        if status is not None:
+            status.update(msg)
+
+    try:
+        system = open_system(a.target, source=a.source, jobs=a.jobs)
+        strategies = [s for x in a.strategies for s in x.split(",") if s] if a.strategies \
+            else None
+        results = []
+        for scenario in a.scenario.split(","):
+            progress(f"recording scenario {scenario}")
+            results.append(run_bench(system, scenario, strategies, repeats=a.repeats,
+                                     use_native=not a.python, progress=progress))
+    finally:
+        if status is not None:
+            status.stop()
+    if not native.available() and not a.python:
+        _note("the native engine is not built: counts only, timings are absent")
+    for i, b in enumerate(results):
+        if i:
+            _out()
+        print_report(b, sys.stdout, rich=sys.stdout.isatty())
+    if a.json:
+        with open(a.json, "w") as f:
+            if len(results) == 1:
+                write_json(results[0], f)
+            else:
+                json.dump([b.as_dict() for b in results], f, indent=1)
+    if a.plot:
+        from fastlkm.outputs.plot import plot
+
+        plot(results, a.plot)
+    return 0
+
+
 # --- main -----------------------------------------------------------------------------
 
 
@@ -209,6 +261,22 @@ def parser() -> argparse.ArgumentParser:
                    help="reproduce kmod's bytes, its known errors included")
     d.add_argument("-j", "--jobs", type=int, default=None)
     d.set_defaults(func=cmd_depmod)
+
+    b = sub.add_parser("bench", help="time every lookup strategy on the loader's lookups")
+    b.add_argument("target", nargs="?", help="ROOT, RELEASE or SNAPSHOT (default: running "
+                   "kernel, else the shipped snapshot)")
+    b.add_argument("--scenario", default="boot",
+                   help="all (every module), boot (the shipped desktop-like list), or a file "
+                        "of module names or lsmod output; several separated by commas "
+                        "(default: boot)")
+    b.add_argument("--strategies", nargs="*", help="strategies to run (default: all)")
+    b.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
+    b.add_argument("--json", help="write the results as JSON here")
+    b.add_argument("--plot", help="write the speed/memory plot here (PNG, SVG, PDF)")
+    b.add_argument("--python", action="store_true",
+                   help="use the pure-Python reference engine (counts only)")
+    common(b)
+    b.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("snapshot", help="store a kernel's facts in one small file")
     s.add_argument("target", nargs="?")
