@@ -39,7 +39,8 @@ class StrategyResult:
     counters: dict[str, int]
     memory: int                      # bytes the strategy adds
     memory_per_export: float
-    memory_pct: float                # of the export tables' own size
+    memory_pct: float                # of the export tables' own size (memory only)
+    undef_hash: int = 0              # bytes of precomputed import hashes in the modules
     ns_per_lookup: float | None = None
     ns_total: int | None = None
     ns_runs: list[int] = field(default_factory=list)
@@ -164,7 +165,8 @@ def run_bench(system: System, scenario: str = "boot", strategies: list[str] | No
         results.append(StrategyResult(
             name, st.description, len(lookups), counters, memory,
             memory / exports if exports else 0.0, 100.0 * memory / own if own else 0.0,
-            ns_per, ns_total, ns_runs, sampled, claim=CLAIMS.get(name, "")))
+            ns_per, ns_total, ns_runs, sampled, claim=CLAIMS.get(name, ""),
+            undef_hash=4 * len(lookups) if st.hash is not None else 0))
     by = {r.name: r for r in results}
     for r in results:
         if r.ns_total:

@@ -27,14 +27,14 @@ def rows(b: BenchResult) -> list[list[str]]:
         est = "~" if r.sampled > 1 else ""
         out.append([
             r.name, f"{r.lookups:,}", f"{est}{c['strcmp']:,}", f"{est}{c['bytes_compared']:,}",
-            f"{c['hashes']:,}", f"{r.memory:,}", f"{r.memory_per_export:.2f}",
+            f"{c['hashes']:,}", f"{r.memory:,}", f"{r.undef_hash:,}", f"{r.memory_per_export:.2f}",
             f"{r.memory_pct:.1f}%", ns, total, _pct_less(r.vs_linear), _x(r.vs_linear),
             _x(r.vs_bsearch), r.claim,
         ])
     return out
 
 
-HEADERS = ["strategy", "lookups", "strcmp", "bytes cmp", "hashes", "mem added B",
+HEADERS = ["strategy", "lookups", "strcmp", "bytes cmp", "hashes", "mem added B", "undef.hash B",
            "B/export", "% of tables", "ns/lookup", "total ms", "less than linear",
            "vs linear", "vs bsearch", "2009 claim"]
 
@@ -63,7 +63,7 @@ def print_report(b: BenchResult, out: TextIO, rich: bool) -> None:
             console.print(line, highlight=False)
         t = Table(show_header=True, header_style="bold")
         for i, h in enumerate(HEADERS):
-            t.add_column(h, justify="left" if i in (0, 13) else "right")
+            t.add_column(h, justify="left" if i in (0, 14) else "right")
         for r in rows(b):
             t.add_row(*r)
         console.print(t)
@@ -73,7 +73,7 @@ def print_report(b: BenchResult, out: TextIO, rich: bool) -> None:
     table = [HEADERS, *rows(b)]
     widths = [max(len(r[i]) for r in table) for i in range(len(HEADERS))]
     for r in table:
-        out.write("  ".join(c.ljust(w) if i in (0, 13) else c.rjust(w)
+        out.write("  ".join(c.ljust(w) if i in (0, 14) else c.rjust(w)
                             for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
                   + "\n")
 
