@@ -112,6 +112,8 @@ def dumps(snap: Snapshot) -> bytes:
 def loads(data: bytes, path: str = "snapshot") -> Snapshot:
     if data[:len(MAGIC)] != MAGIC:
         raise FormatError("not a fastlkm snapshot (bad magic)", path, 0)
+    if len(data) <= len(MAGIC):
+        raise FormatError("truncated snapshot", path, len(data))
     if data[len(MAGIC)] != VERSION:
         raise FormatError(f"snapshot format {data[len(MAGIC)]} not supported", path, 8)
     try:

@@ -1,0 +1,89 @@
+"""The command line: exit statuses, one-line errors, JSON, on the shipped snapshot and on
+real trees."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fastlkm.cli import main
+from fastlkm.target import shipped_snapshot
+
+SNAP = str(shipped_snapshot())
+
+
+def test_resolve_snapshot_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["resolve", SNAP, "ext4", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    s = doc["summary"]
+    assert s["failed"] == 0 and s["loaded"] == s["modules"] >= 2
+    assert s["lookups"] == s["resolved"] > 100
+    names = [m["name"] for m in doc["modules"]]
+    assert names[-1] == "ext4" and "jbd2" in names and names.index("jbd2") < names.index("ext4")
+
+
+def test_resolve_default_is_snapshot_or_running_kernel(capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    assert main(["resolve", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]["failed"] == 0
+
+
+def test_errors_are_one_line_with_status_2(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.ko"
+    bad.write_bytes(b"\x7fELF\x02\x01\x01")
+    assert main(["check", str(bad), "--kernel", SNAP]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fastlkm: error: {bad}: truncated ELF identification (7 bytes) "
+                   "(at offset 0)"]
+    assert main(["resolve", str(tmp_path / "nothing")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert main(["resolve", SNAP, "no_such_module"]) == 2
+    assert "no such module" in capsys.readouterr().err
+    trunc = tmp_path / "t.snap"
+    trunc.write_bytes(Path(SNAP).read_bytes()[:4000])
+    assert main(["resolve", str(trunc)]) == 2
+    assert "truncated snapshot" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    from fastlkm.errors import FormatError
+
+    bad = tmp_path / "bad.ko"
+    bad.write_bytes(b"junk")
+    with pytest.raises(FormatError):
+        main(["--debug", "check", str(bad), "--kernel", SNAP])
+
+
+@pytest.mark.corpus
+def test_check_out_of_tree_module(corpus, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A module given as a file is checked against a kernel: with its dependencies it
+    loads; with a proprietary license it would not, and the reason is the kernel's."""
+    from tests.loader import mutate
+
+    root, release = corpus("6.1-cloud-amd64")
+    ko = root / "lib/modules" / release / "kernel/net/8021q/8021q.ko"
+    assert main(["check", str(ko), "--kernel", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "8021q: would load on" in out and "mrp" in out
+    pro = tmp_path / "8021q.ko"
+    pro.write_bytes(mutate.set_license(ko.read_bytes(), "Pro"))
+    assert main(["check", str(pro), "--kernel", str(root), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert not doc["loads"]
+    assert "8021q: module license 'Pro' taints kernel." in doc["messages"]
+    assert any(m.startswith("8021q: Unknown symbol ") and m.endswith("(err -2)")
+               for m in doc["messages"])
+
+
+def test_snapshot_of_a_snapshot_is_the_same_facts(tmp_path: Path) -> None:
+    from fastlkm.snapshot import load
+
+    out = tmp_path / "again.snap"
+    assert main(["snapshot", SNAP, "-o", str(out)]) == 0
+    a, b = load(SNAP), load(out)
+    assert a.kernel == b.kernel and a.order == b.order
+    assert a.modules == b.modules
