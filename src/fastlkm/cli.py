@@ -126,18 +126,30 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_depmod(a: argparse.Namespace) -> int:
-    from fastlkm.outputs.depmod import build, modules_dep, modules_symbols
+    from fastlkm.outputs.depmod import build, depmod_files
     from fastlkm.outputs.write import write_outputs
     from fastlkm.target import modules_for_depmod
 
     moddir, modules, order, errors = modules_for_depmod(a.basedir, a.version, jobs=a.jobs)
     for e in errors:
         _note(f"error: {e}")
-    dm = build(modules, order, kmod_compat=a.kmod_compat)
-    files = {"modules.dep": modules_dep(dm), "modules.symbols": modules_symbols(dm)}
+    compat = a.kmod_compat is not None
+    version = int(a.kmod_compat) if compat else 34
+    dm = build(modules, order, kmod_compat=compat)
+
+    def read(name: str) -> bytes | None:
+        f = moddir / name if moddir is not None else None
+        return f.read_bytes() if f is not None and f.is_file() else None
+
+    files, warnings = depmod_files(dm, read("modules.builtin"),
+                                   read("modules.builtin.modinfo"), version)
+    for w in warnings:
+        _note(f"warning: {w}")
     if a.show:
-        for data in files.values():
-            sys.stdout.buffer.write(data)
+        # depmod -n writes the text files to standard output (indexes are binary)
+        for name, data in files.items():
+            if not name.endswith(".bin"):
+                sys.stdout.buffer.write(data)
         return EXIT_ERROR if errors else 0
     out = Path(a.output) if a.output else moddir
     if out is None:
@@ -257,8 +269,10 @@ def parser() -> argparse.ArgumentParser:
                    help="kernel release (or a snapshot file)")
     d.add_argument("-o", "--output", default=None, help="write here instead of in place")
     d.add_argument("-n", "--show", action="store_true", help="write to standard output")
-    d.add_argument("--kmod-compat", action="store_true",
-                   help="reproduce kmod's bytes, its known errors included")
+    d.add_argument("--kmod-compat", nargs="?", const="34", choices=["30", "34"],
+                   help="reproduce the bytes of kmod 30 or 34 (default 34), kmod's known "
+                        "errors included; without it: kmod 34's index layout, without "
+                        "kmod's errors (docs/deviations.md)")
     d.add_argument("-j", "--jobs", type=int, default=None)
     d.set_defaults(func=cmd_depmod)
 

@@ -108,8 +108,11 @@ def test_depmod_matches_kmod(name: str, corpus, kmod_outputs, tmp_path: Path) ->
     kmod_dir, release = kmod_outputs(name)
     root, _ = corpus(name)
     out = tmp_path / "compat"
-    assert main(["depmod", "-b", str(root), release, "--kmod-compat", "-o", str(out)]) == 0
-    for f in DEPMOD_FILES:
+    assert main(["depmod", "-b", str(root), release, "--kmod-compat=30", "-o", str(out)]) == 0
+    written = sorted(p.name for p in kmod_dir.iterdir() if not p.is_symlink())
+    assert set(DEPMOD_FILES) <= set(written) and "modules.alias.bin" in written
+    assert sorted(p.name for p in out.iterdir()) == written
+    for f in written:
         assert (out / f).read_bytes() == (kmod_dir / f).read_bytes(), f
     # the default output differs from kmod only where kmod is wrong: on 7.x kmod takes
     # namespace strings of __ksymtab_strings for exported symbols

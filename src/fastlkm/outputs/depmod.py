@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from fastlkm.errors import FastlkmError
 from fastlkm.kernel.facts import Export, Module
 from fastlkm.kernel.module import modname
+from fastlkm.outputs.kmod_index import Index
 
 SYMBOL_HASH_BUCKETS = 2048   # hash_new(2048, ...) for depmod->symbols
 MODULE_HASH_BUCKETS = 512    # hash_new(512, ...) for depmod->modules_by_name
@@ -221,3 +222,209 @@ def modules_symbols(dm: Depmod) -> bytes:
     for n in hash_order(names, SYMBOL_HASH_BUCKETS):
         out.append(f"alias symbol:{n} {dm.symbols[n][0].name}\n")   # type: ignore[union-attr]
     return "".join(out).encode()
+
+
+# --- every output file ------------------------------------------------------------------
+
+
+def alias_normalize(alias: str) -> str | None:
+    """alias_normalize(): '-' -> '_' outside [...] ranges; None on an unmatched bracket."""
+    out = []
+    i = 0
+    while i < len(alias):
+        c = alias[i]
+        if c == "-":
+            out.append("_")
+        elif c == "]":
+            return None
+        elif c == "[":
+            j = alias.find("]", i)
+            if j < 0:
+                return None
+            out.append(alias[i:j + 1])
+            i = j
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _info(d: DepmodMod, key: str) -> list[str]:
+    return [v for k, v in d.module.modinfo if k == key]
+
+
+def modules_alias(dm: Depmod) -> bytes:
+    out = ["# Aliases extracted from modules themselves.\n"]
+    for d in dm.mods:
+        out.extend(f"alias {v} {d.name}\n" for v in _info(d, "alias"))
+    return "".join(out).encode()
+
+
+def modules_softdep(dm: Depmod) -> bytes:
+    out = ["# Soft dependencies extracted from modules themselves.\n"]
+    for d in dm.mods:
+        out.extend(f"softdep {d.name} {v}\n" for v in _info(d, "softdep"))
+    return "".join(out).encode()
+
+
+def modules_weakdep(dm: Depmod) -> bytes:
+    out = ["# Weak dependencies extracted from modules themselves.\n"]
+    for d in dm.mods:
+        out.extend(f"weakdep {d.name} {v}\n" for v in _info(d, "weakdep"))
+    return "".join(out).encode()
+
+
+def _major_minor(value: str, prefix: str) -> tuple[int, int] | None:
+    """sscanf(value, "PREFIX%u-%u") == 2"""
+    if not value.startswith(prefix):
+        return None
+    rest = value[len(prefix):]
+    a, sep, b = rest.partition("-")
+    da = len(a) - len(a.lstrip("0123456789"))
+    if not a[:1].isdigit() or da != len(a) or not sep:
+        return None
+    digits = b[:len(b) - len(b.lstrip("0123456789"))] if b[:1].isdigit() else ""
+    if not digits:
+        return None
+    return int(a) & 0xFFFFFFFF, int(digits) & 0xFFFFFFFF
+
+
+def modules_devname(dm: Depmod) -> tuple[bytes, list[str]]:
+    """output_devname(): (file, warnings) -- the file is empty when no module has one."""
+    out: list[str] = []
+    warnings: list[str] = []
+    for d in dm.mods:
+        devname = None
+        kind = ""
+        major = minor = 0
+        for v in _info(d, "alias"):
+            if v.startswith("devname:"):
+                devname = v[len("devname:"):]
+            elif (mm := _major_minor(v, "char-major-")) is not None:
+                kind, (major, minor) = "c", mm
+            elif (mm := _major_minor(v, "block-major-")) is not None:
+                kind, (major, minor) = "b", mm
+            if kind and devname is not None:
+                break
+        if devname is not None:
+            if kind:
+                if not out:
+                    out.append("# Device nodes to trigger on-demand module loading.\n")
+                out.append(f"{d.name} {devname} {kind}{major}:{minor}\n")
+            else:
+                warnings.append(f"Module '{d.name}' has devname ({devname}) but lacks major "
+                                "and minor information. Ignoring.")
+    return "".join(out).encode(), warnings
+
+
+def _dep_index(dm: Depmod) -> Index:
+    ix = Index()
+    for d in dm.mods:
+        deps = all_dependencies(d) if d.deps else []
+        ix.insert(d.name, d.relpath + ":" + "".join(" " + x.relpath for x in deps), d.idx)
+    return ix
+
+
+def _alias_index(dm: Depmod) -> tuple[Index, list[str]]:
+    ix = Index()
+    warnings = []
+    for d in dm.mods:
+        for v in _info(d, "alias"):
+            a = alias_normalize(v)
+            if a is None:
+                warnings.append(f"Unmatched bracket in {v}")
+                continue
+            ix.insert(a, d.name, d.idx)
+    return ix, warnings
+
+
+def _symbol_index(dm: Depmod) -> Index:
+    ix = Index()
+    names = [n for n, (owner, _) in dm.symbols.items() if owner is not None]
+    for n in hash_order(names, SYMBOL_HASH_BUCKETS):
+        owner = dm.symbols[n][0]
+        assert owner is not None
+        ix.insert("symbol:" + n, owner.name, owner.idx)
+    return ix
+
+
+def builtin_index(builtin: bytes) -> tuple[Index, list[str]]:
+    """output_builtin_bin(): modules.builtin, one path per line."""
+    ix = Index()
+    warnings = []
+    for line in builtin.decode("utf-8", "replace").splitlines(keepends=True):
+        if not line[:1].isalpha():
+            warnings.append(f"Invalid modules.builtin line: {line}")
+            continue
+        ix.insert(modname(line.rstrip("\n")), "", 0)
+    return ix, warnings
+
+
+def builtin_alias_index(modinfo: bytes) -> tuple[Index, list[str]]:
+    """output_builtin_alias_bin(): modules.builtin.modinfo, 'modname.key=value' strings
+    separated by NULs, read as depmod's stream reader does."""
+    ix = Index()
+    warnings = []
+    pos, n = 0, len(modinfo)
+
+    def upto(end: int) -> tuple[str, bool]:
+        """flush_stream_to(): bytes up to *end*, a NUL or EOF; (text, stopped at end)"""
+        nonlocal pos
+        start = pos
+        while pos < n and modinfo[pos] not in (end, 0):
+            pos += 1
+        hit = pos < n and modinfo[pos] == end
+        text = modinfo[start:pos].decode("utf-8", "replace")
+        pos += 1 if pos < n else 0
+        return text, hit
+
+    while pos < n:
+        mod, ok = upto(ord("."))
+        if not ok or not mod:
+            continue
+        key, ok = upto(ord("="))
+        if not ok or key != "alias":
+            # flush_stream(): after a key that ended at a NUL this swallows the next entry
+            upto(0)
+            continue
+        value, ok = upto(0)
+        if not ok or not value:
+            continue
+        a = alias_normalize(value)
+        if a is None:
+            warnings.append(f"Unmatched bracket in {value}")
+            continue
+        ix.insert(a, mod, 0)
+    return ix, warnings
+
+
+def depmod_files(dm: Depmod, builtin: bytes | None = None, builtin_modinfo: bytes | None = None,
+                 index_version: int = 34) -> tuple[dict[str, bytes], list[str]]:
+    """Every file depmod writes, in its order, as kmod *index_version* (30 or 34) writes
+    its binary indexes; kmod 30 writes no modules.weakdep.  (files, warnings)"""
+    warnings: list[str] = []
+    alias_ix, w = _alias_index(dm)
+    warnings += w
+    devname, w = modules_devname(dm)
+    warnings += w
+    files = {
+        "modules.dep": modules_dep(dm),
+        "modules.dep.bin": _dep_index(dm).write(index_version),
+        "modules.alias": modules_alias(dm),
+        "modules.alias.bin": alias_ix.write(index_version),
+        "modules.softdep": modules_softdep(dm),
+    }
+    if index_version >= 34:
+        files["modules.weakdep"] = modules_weakdep(dm)
+    files["modules.symbols"] = modules_symbols(dm)
+    files["modules.symbols.bin"] = _symbol_index(dm).write(index_version)
+    if builtin is not None:
+        ix, w = builtin_index(builtin)
+        warnings += w
+        files["modules.builtin.bin"] = ix.write(index_version)
+    if builtin_modinfo is not None:
+        ix, w = builtin_alias_index(builtin_modinfo)
+        warnings += w
+        files["modules.builtin.alias.bin"] = ix.write(index_version)
+    files["modules.devname"] = devname
+    return files, warnings
