@@ -2,6 +2,8 @@
 """Fetch and cache the real Debian kernels fastlkm is tested and measured on.
 
 Usage: corpus.py [--list] [NAME...]     prints NAME ROOT VERSION per kernel
+       corpus.py --kmod-sid              prints a folder with sid's kmod (34.x) depmod
+                                         and modprobe, runnable on this machine
 
 Each kernel is fetched with ``apt-get download`` from the registry the machine's own
 apt sources name (foreign architectures and sid through private apt lists, never by
@@ -131,9 +133,49 @@ def fetch(name: str) -> tuple[Path, str]:
     return CACHE / name / "root", release
 
 
+# kmod 34 needs a newer C library than Debian 12's: its packages and sid's libc are
+# unpacked into one folder and run through that folder's dynamic loader
+KMOD_SID_PACKAGES = ("kmod", "libkmod2", "libc6", "liblzma5", "libzstd1", "libssl3t64",
+                     "zlib1g")
+
+
+def kmod_sid() -> Path:
+    """A folder with ``depmod`` and ``modprobe`` scripts running sid's kmod (34.x)."""
+    dest = CACHE / "kmod-sid"
+    if (dest / "depmod").exists():
+        return dest
+    k = Kernel("kmod-sid", "amd64", True, "", ())
+    opts = _apt_options(k)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        t = Path(tmp)
+        for pkg in KMOD_SID_PACKAGES:
+            subprocess.run(["apt-get", *opts, "-qq", "download", pkg], cwd=t, check=True)
+        root = t / "root"
+        for deb in sorted(t.glob("*.deb")):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+        lib = root / "usr/lib/x86_64-linux-gnu"
+        for tool in ("depmod", "modprobe"):
+            (t / tool).write_text(
+                "#!/bin/sh\n"
+                f'exec "{dest}/root/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" '
+                f'--library-path "{dest}/root/usr/lib/x86_64-linux-gnu" --argv0 {tool} '
+                f'"{dest}/root/usr/bin/kmod" "$@"\n')
+            (t / tool).chmod(0o755)
+        assert (lib / "ld-linux-x86-64.so.2").exists()
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        for x in ("root", "depmod", "modprobe"):
+            (t / x).rename(dest / x)
+    return dest
+
+
 def main(argv: list[str]) -> int:
     if "--list" in argv:
         print("\n".join(KERNELS))
+        return 0
+    if "--kmod-sid" in argv:
+        print(kmod_sid())
         return 0
     for name in argv or list(KERNELS):
         root, release = fetch(name)
