@@ -164,9 +164,11 @@ def run_bench(system: System, scenario: str = "boot", strategies: list[str] | No
             memory, sampled, ns_total, ns_runs, ns_per = rep.memory, sample, None, [], None
         results.append(StrategyResult(
             name, st.description, len(lookups), counters, memory,
-            memory / exports if exports else 0.0, 100.0 * memory / own if own else 0.0,
-            ns_per, ns_total, ns_runs, sampled, claim=CLAIMS.get(name, ""),
-            undef_hash=4 * len(lookups) if st.hash is not None else 0))
+            memory_per_export=memory / exports if exports else 0.0,
+            memory_pct=100.0 * memory / own if own else 0.0,
+            undef_hash=4 * len(lookups) if st.hash is not None else 0,
+            ns_per_lookup=ns_per, ns_total=ns_total, ns_runs=ns_runs, sampled=sampled,
+            claim=CLAIMS.get(name, "")))
     by = {r.name: r for r in results}
     for r in results:
         if r.ns_total:

@@ -59,7 +59,7 @@ struct ktable {
 
 /* the global strategy's chained hash (space.GlobalSpace) */
 struct ghash {
-	uint32_t nbuckets, maxbuckets;
+	uint32_t nbuckets;
 	uint32_t *buckets;
 	uint32_t *nhash, *nnext, *nentry;
 	int32_t *ntable;		/* -1: a free node */
@@ -81,7 +81,7 @@ struct engine {
 	struct ktable *tables;
 	uint32_t ntables, nvmlinux, nentries;
 	const uint64_t *bloom;
-	const uint8_t *pilots;
+	const uint16_t *pilots;
 	const uint32_t *mods;		/* per module slot: first table, number of tables */
 	uint32_t nmods;
 	const uint32_t *events;		/* per event: op, arg, gplok */
@@ -280,7 +280,7 @@ static __always_inline long find_gnu(const struct engine *e, const struct ktable
 /*
  * A PTHash-style perfect hash; layout: fallback, then the bsearch layout when fallback
  * is set, else nbuckets, nslots, seed, pilot offset, slots[nslots] (entry or SLOT_EMPTY);
- * the pilot bytes are in pilots[].
+ * the 16-bit pilots are in pilots[].
  */
 static __always_inline long find_perfect(const struct engine *e, const struct ktable *t,
 					 const char *name, uint32_t h, const int count,
@@ -716,7 +716,7 @@ static int setup_tables(struct engine *e, Py_buffer *b)
 	uint32_t tid;
 
 	if (b[B_TABLES].len % 16 || b[B_NAME_OFF].len % 4 || b[B_LAYOUT].len % 4 ||
-	    b[B_BLOOM].len % 8 || b[B_NAME_OFF].len / 4 > UINT32_MAX ||
+	    b[B_BLOOM].len % 8 || b[B_PILOTS].len % 2 || b[B_NAME_OFF].len / 4 > UINT32_MAX ||
 	    b[B_TABLES].len / 16 > INT32_MAX)
 		return bad("array size");
 	e->ntables = (uint32_t)(b[B_TABLES].len / 16);
@@ -746,7 +746,7 @@ static int setup_tables(struct engine *e, Py_buffer *b)
 		t->layout = layout + off;
 		t->num = (uint32_t)num;
 		t->license = tab[4 * tid + 2];
-		if (check_layout(e, t, nlayout - off, b[B_BLOOM].len / 8, b[B_PILOTS].len))
+		if (check_layout(e, t, nlayout - off, b[B_BLOOM].len / 8, b[B_PILOTS].len / 2))
 			return bad("layout");
 	}
 	return 0;
@@ -825,9 +825,8 @@ static int setup_global(struct engine *e)
 	}
 	if (nodes > UINT32_MAX / 4)
 		return bad("session size");
-	while (nb < nodes)
+	while (nb < nodes)	/* the most buckets any count can need */
 		nb *= 2;
-	g->maxbuckets = (uint32_t)nb;
 	g->buckets = PyMem_Malloc(nb * sizeof(*g->buckets));
 	g->nhash = PyMem_Malloc(nodes * sizeof(*g->nhash));
 	g->nnext = PyMem_Malloc(nodes * sizeof(*g->nnext));
