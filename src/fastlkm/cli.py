@@ -226,6 +226,47 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+# --- hash and verify ------------------------------------------------------------------
+
+
+def cmd_hash(a: argparse.Namespace) -> int:
+    from fastlkm.outputs.postlink import HashOptions, hash_paths
+
+    opts = HashOptions(a.style, a.sort, a.undef_hash, a.strip_signature, a.sign_key,
+                       a.sign_cert, a.sign_hash)
+    outcomes, errors = hash_paths(a.paths, opts, a.output, a.jobs)
+    for o in outcomes:
+        for n in o.notes:
+            if n != "signature stripped" or a.verbose:
+                _note(f"{o.path}: {n}")
+        if a.verbose and o.changed:
+            moved = f", sorted {' '.join(o.sorted)}" if o.sorted else ""
+            _note(f"{o.path}: {o.tables} tables{moved}")
+    for e in errors:
+        _note(f"error: {e}")
+    changed = sum(o.changed for o in outcomes)
+    _note(f"{len(outcomes) + len(errors)} files: {changed} changed, "
+          f"{len(outcomes) - changed} unchanged, {len(errors)} skipped")
+    return EXIT_ERROR if errors else 0
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    from fastlkm.outputs.postlink import verify_paths
+
+    checked, errors = verify_paths(a.paths, a.jobs)
+    bad = 0
+    for path, problems in checked:
+        bad += bool(problems)
+        for p in problems:
+            _out(f"{path}: {p}")
+    for e in errors:
+        _note(f"error: {e}")
+    _note(f"{len(checked)} files checked: {bad} with problems, {len(errors)} unreadable")
+    if errors:
+        return EXIT_ERROR
+    return EXIT_FAIL if bad else 0
+
+
 # --- main -----------------------------------------------------------------------------
 
 
@@ -291,6 +332,37 @@ def parser() -> argparse.ArgumentParser:
                    help="use the pure-Python reference engine (counts only)")
     common(b)
     b.set_defaults(func=cmd_bench)
+
+    from fastlkm.lookup.sections import STORABLE
+
+    h = sub.add_parser("hash", help="embed hash tables (and sort export tables) in modules "
+                       "and vmlinux")
+    h.add_argument("paths", nargs="+", metavar="PATH",
+                   help="a module (any compression), a vmlinux, or a tree of modules")
+    h.add_argument("--style", choices=list(STORABLE), default="sysv",
+                   help="the lookup layout to embed (default: sysv)")
+    h.add_argument("--sort", action="store_true",
+                   help="sort each export table of a module by name first")
+    h.add_argument("--undef-hash", action="store_true",
+                   help="add .undef.hash: the hashes of the undefined symbols")
+    h.add_argument("--output", metavar="DIR",
+                   help="write here (mirroring trees) instead of in place")
+    h.add_argument("--strip-signature", action="store_true",
+                   help="drop the signature of a signed module that changes")
+    h.add_argument("--sign-key", metavar="KEY", help="sign changed modules with this "
+                   "private key (PEM), as the kernel's sign-file does")
+    h.add_argument("--sign-cert", metavar="CERT", help="the X.509 certificate of --sign-key")
+    h.add_argument("--sign-hash", default="sha256", help="digest to sign (default: sha256)")
+    h.add_argument("-v", "--verbose", action="store_true", help="a line per changed file")
+    h.add_argument("-j", "--jobs", type=int, default=None,
+                   help="processes (default: all cores)")
+    h.set_defaults(func=cmd_hash)
+
+    v = sub.add_parser("verify", help="check the hash tables fastlkm hash embedded")
+    v.add_argument("paths", nargs="+", metavar="PATH", help="modules, vmlinux files or trees")
+    v.add_argument("-j", "--jobs", type=int, default=None,
+                   help="processes (default: all cores)")
+    v.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("snapshot", help="store a kernel's facts in one small file")
     s.add_argument("target", nargs="?")

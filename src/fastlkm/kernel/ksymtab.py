@@ -49,10 +49,7 @@ def read_exports(elf: ElfFile) -> list[Export]:
             continue
         if strings is None:
             raise elf.error(f"{sec.name} present but no __ksymtab_strings", sec.offset)
-        if elf.e_type == ET_REL:
-            entries = _read_relocatable(elf, sec, strings)
-        else:
-            entries = _read_linked(elf, sec, strings)
+        _, entries = table_entries(elf, sec, strings)
         crcs = _read_crcs(elf, "__kcrctab" + suffix, len(entries))
         flags = _read_flags(elf, len(entries)) if suffix == "" else None
         for i, (name, ns) in enumerate(entries):
@@ -62,6 +59,18 @@ def read_exports(elf: ElfFile) -> list[Export]:
                 lic = License.GPL_ONLY if fl & KSYM_FLAG_GPL_ONLY else License.NOT_GPL_ONLY
             out.append(Export(name, lic, ns, crcs[i] if crcs else None, sec.name, fl))
     return out
+
+
+def table_entries(elf: ElfFile, sec: Section, strings: Section | None = None
+                  ) -> tuple[int, list[tuple[str, str]]]:
+    """(entry size, [(name, namespace)] in table order) of the export table *sec*."""
+    if strings is None:
+        strings = elf.section("__ksymtab_strings")
+        if strings is None:
+            raise elf.error(f"{sec.name} present but no __ksymtab_strings", sec.offset)
+    if elf.e_type == ET_REL:
+        return _read_relocatable(elf, sec, strings)
+    return _read_linked(elf, sec, strings)
 
 
 def _entry_size_from_symbols(elf: ElfFile, sec: Section) -> int | None:
@@ -76,7 +85,8 @@ def _entry_size_from_symbols(elf: ElfFile, sec: Section) -> int | None:
     return g or None
 
 
-def _read_relocatable(elf: ElfFile, sec: Section, strings: Section) -> list[tuple[str, str]]:
+def _read_relocatable(elf: ElfFile, sec: Section, strings: Section
+                      ) -> tuple[int, list[tuple[str, str]]]:
     relocs = elf.relocations_for(sec)
     sdata = elf.section_data(strings)
 
@@ -110,11 +120,12 @@ def _read_relocatable(elf: ElfFile, sec: Section, strings: Section) -> list[tupl
                 ns = ""
             entries.append((name, ns))
         else:
-            return entries
+            return es, entries
     raise elf.error(f"{sec.name}: no known export entry layout fits", sec.offset)
 
 
-def _read_linked(elf: ElfFile, sec: Section, strings: Section) -> list[tuple[str, str]]:
+def _read_linked(elf: ElfFile, sec: Section, strings: Section
+                 ) -> tuple[int, list[tuple[str, str]]]:
     data = elf.section_data(sec)
     sdata = elf.section_data(strings)
     lo, hi = strings.addr, strings.addr + strings.size
@@ -128,7 +139,7 @@ def _read_linked(elf: ElfFile, sec: Section, strings: Section) -> list[tuple[str
         for prel in modes:
             entries = _decode_linked(data, sec.addr, es, fsize, nfields, prel, lay, lo, hi, sdata)
             if entries is not None:
-                return entries
+                return es, entries
     raise elf.error(f"{sec.name}: no known export entry layout fits", sec.offset)
 
 

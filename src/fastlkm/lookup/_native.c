@@ -160,6 +160,18 @@ static inline uint32_t mix32(uint32_t h)
 	return h;
 }
 
+/*
+ * x % d without a division, from m = 2^64 / d + 1 (Lemire's fastmod; the kernel's
+ * reciprocal_div serves the same purpose): the hash tables' bucket counts are not
+ * powers of two, and a division per table visited would dominate the cheap paths.
+ */
+static __always_inline uint32_t fastmod(uint32_t x, const uint32_t *m, uint32_t d)
+{
+	uint64_t low = (((uint64_t)m[1] << 32) | m[0]) * x;
+
+	return (uint32_t)(((unsigned __int128)low * d) >> 64);
+}
+
 static inline const char *entry_name(const struct engine *e, const struct ktable *t,
 				     uint32_t i)
 {
@@ -214,23 +226,26 @@ static __always_inline long find_bsearch(const struct engine *e, const struct kt
 	return NOT_FOUND;
 }
 
-/* a SysV .hash; layout: nbucket, bucket[nbucket], chain[num], hashes[num] */
+/*
+ * a SysV .hash; layout: nbucket, its reciprocal (2 words), bucket[nbucket], then per
+ * entry {chain link, hash}: the hash stored beside each export, so a walk reads one
+ * cache line per step
+ */
 static __always_inline long find_sysv(const struct engine *e, const struct ktable *t,
 				      const char *name, uint32_t h, const int count,
 				      struct counters *c)
 {
 	const uint32_t *lay = t->layout;
 	uint32_t nbucket = lay[0];
-	const uint32_t *bucket = lay + 1;
-	const uint32_t *chain = bucket + nbucket;
-	const uint32_t *hashes = chain + t->num;
+	const uint32_t *bucket = lay + 3;
+	const uint32_t *ent = bucket + nbucket;
 	uint32_t j, i;
 
 	COUNT(c, bucket_steps);
-	for (j = bucket[h % nbucket]; j; j = chain[i]) {
+	for (j = bucket[fastmod(h, lay + 1, nbucket)]; j; j = ent[2 * i]) {
 		COUNT(c, chain_steps);
 		i = j - 1;
-		if (hashes[i] == h && kstrcmp(name, entry_name(e, t, i), count, c) == 0)
+		if (ent[2 * i + 1] == h && kstrcmp(name, entry_name(e, t, i), count, c) == 0)
 			return i;
 	}
 	return NOT_FOUND;
@@ -248,7 +263,7 @@ static __always_inline long find_gnu(const struct engine *e, const struct ktable
 	const uint32_t *lay = t->layout;
 	uint32_t maskwords = lay[0], shift2 = lay[1], nbuckets = lay[2];
 	const uint64_t *bloom = e->bloom + lay[3];
-	const uint32_t *buckets = lay + 4;
+	const uint32_t *buckets = lay + 6;
 	const uint32_t *chain = buckets + nbuckets;
 	const uint32_t *index = chain + t->num;
 	uint64_t word;
@@ -261,7 +276,7 @@ static __always_inline long find_gnu(const struct engine *e, const struct ktable
 		return NOT_FOUND;
 	}
 	COUNT(c, bucket_steps);
-	j = buckets[h % nbuckets];
+	j = buckets[fastmod(h, lay + 4, nbuckets)];
 	if (!j)
 		return NOT_FOUND;
 	for (pos = j - 1;; pos++) {
@@ -278,26 +293,38 @@ static __always_inline long find_gnu(const struct engine *e, const struct ktable
 }
 
 /*
- * A PTHash-style perfect hash; layout: fallback, then the bsearch layout when fallback
- * is set, else nbuckets, nslots, seed, pilot offset, slots[nslots] (entry or SLOT_EMPTY);
- * the 16-bit pilots are in pilots[].
+ * A Bloom filter and a PTHash-style perfect hash; layout: fallback, then the bsearch
+ * layout when fallback is set, else nbuckets, nslots, seed, pilot offset, nwords, bloom
+ * offset, the reciprocals of nbuckets, nslots and nwords (2 words each), then
+ * slots[nslots] (entry or SLOT_EMPTY); 16-bit pilots in pilots[], words in bloom[].
  */
 static __always_inline long find_perfect(const struct engine *e, const struct ktable *t,
 					 const char *name, uint32_t h, const int count,
 					 struct counters *c)
 {
 	const uint32_t *lay = t->layout;
-	uint32_t nbuckets, nslots, seed, p, i;
+	uint32_t nbuckets, nslots, seed, nwords, p, i, a, b;
+	uint64_t word, bits;
 
 	if (lay[0])
 		return find_bsearch(e, t, lay + 1, name, count, c);
 	nbuckets = lay[1];
 	nslots = lay[2];
 	seed = lay[3];
+	nwords = lay[5];
 	COUNT(c, bucket_steps);
-	p = e->pilots[lay[4] + mix32(h) % nbuckets];
+	a = mix32(h ^ 0xA5A5A5A5u);
+	b = mix32(a);
+	bits = (1ULL << (b & 63)) | (1ULL << ((b >> 6) & 63));
+	word = e->bloom[lay[6] + fastmod(a, lay + 11, nwords)];
+	if ((word & bits) != bits) {
+		COUNT(c, bloom_rejections);
+		return NOT_FOUND;
+	}
+	COUNT(c, bucket_steps);
+	p = e->pilots[lay[4] + fastmod(mix32(h), lay + 7, nbuckets)];
 	COUNT(c, chain_steps);
-	i = lay[5 + mix32(h ^ mix32(p + seed)) % nslots];
+	i = lay[13 + fastmod(mix32(h ^ mix32(p + seed)), lay + 9, nslots)];
 	if (i == SLOT_EMPTY)
 		return NOT_FOUND;
 	return kstrcmp(name, entry_name(e, t, i), count, c) == 0 ? (long)i : NOT_FOUND;
@@ -663,29 +690,29 @@ static int check_layout(const struct engine *e, const struct ktable *t, uint64_t
 	case K_BSEARCH:
 		return check_bsearch(t, lay, room);
 	case K_SYSV:
-		if (room < 1 || (nb = lay[0]) == 0 || room < 1 + nb + 2 * n)
+		if (room < 3 || (nb = lay[0]) == 0 || room < 3 + nb + 2 * n)
 			return -1;
 		for (i = 0; i < nb; i++)
-			if (lay[1 + i] > n)
+			if (lay[3 + i] > n)
 				return -1;
 		for (i = 0; i < n; i++)	/* chains run to lower entries: they end */
-			if (lay[1 + nb + i] > i)
+			if (lay[3 + nb + 2 * i] > i)
 				return -1;
 		return 0;
 	case K_GNU:
-		if (room < 4)
+		if (room < 6)
 			return -1;
 		nb = lay[2];
 		if (lay[0] == 0 || (lay[0] & (lay[0] - 1)) || lay[1] >= 32 || nb == 0 ||
-		    (uint64_t)lay[3] + lay[0] > (uint64_t)nbloom || room < 4 + nb + 2 * n)
+		    (uint64_t)lay[3] + lay[0] > (uint64_t)nbloom || room < 6 + nb + 2 * n)
 			return -1;
 		for (i = 0; i < nb; i++)
-			if (lay[4 + i] > n)
+			if (lay[6 + i] > n)
 				return -1;
-		if (n && !(lay[4 + nb + n - 1] & 1))	/* the last run ends */
+		if (n && !(lay[6 + nb + n - 1] & 1))	/* the last run ends */
 			return -1;
 		for (i = 0; i < n; i++)
-			if (lay[4 + nb + n + i] >= n)
+			if (lay[6 + nb + n + i] >= n)
 				return -1;
 		return 0;
 	case K_PERFECT:
@@ -693,15 +720,16 @@ static int check_layout(const struct engine *e, const struct ktable *t, uint64_t
 			return -1;
 		if (lay[0])
 			return check_bsearch(t, lay + 1, room - 1);
-		if (room < 5)
+		if (room < 13)
 			return -1;
 		nb = lay[1];
 		ns = lay[2];
-		if (nb == 0 || ns == 0 || (uint64_t)lay[4] + nb > (uint64_t)npilots ||
-		    room < 5 + (uint64_t)ns)
+		if (nb == 0 || ns == 0 || lay[5] == 0 ||
+		    (uint64_t)lay[4] + nb > (uint64_t)npilots ||
+		    (uint64_t)lay[6] + lay[5] > (uint64_t)nbloom || room < 13 + (uint64_t)ns)
 			return -1;
 		for (i = 0; i < ns; i++)
-			if (lay[5 + i] != SLOT_EMPTY && lay[5 + i] >= n)
+			if (lay[13 + i] != SLOT_EMPTY && lay[13 + i] >= n)
 				return -1;
 		return 0;
 	}

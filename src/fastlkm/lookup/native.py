@@ -12,12 +12,17 @@ layouts by construction) and packed into flat arrays for the C engine:
 ``flags``     per entry: its ``__kflagstab`` byte (0 unless the table is PER_ENTRY).
 ``layout``    'I', each table's layout at its offset:
               bsearch  has_order, order[n] when has_order
-              sysv     nbucket, bucket[nbucket], chain[n], hashes[n]
-              gnu      maskwords, shift2, nbuckets, bloom offset, buckets[nbuckets],
-                       chain[n], index[n]; the 64-bit Bloom words in ``bloom`` ('Q')
+              sysv     nbucket, reciprocal (2 words), bucket[nbucket], then per entry
+                       its chain link and its hash
+              gnu      maskwords, shift2, nbuckets, bloom offset, reciprocal of
+                       nbuckets (2 words), buckets[nbuckets], chain[n], index[n]; the
+                       64-bit Bloom words in ``bloom`` ('Q')
               perfect  fallback, then the bsearch layout when fallback is set, else
-                       nbuckets, nslots, seed, pilot offset, slots[nslots]; the
-                       16-bit pilots in ``pilots`` ('H')
+                       nbuckets, nslots, seed, pilot offset, nwords, bloom offset,
+                       reciprocals of nbuckets, nslots and nwords (2 words each),
+                       slots[nslots]; the 16-bit pilots in ``pilots`` ('H'), the Bloom
+                       words in ``bloom``
+              (a reciprocal is Lemire's fastmod constant: x % d without a division)
               linear and global have none (global builds its hash in C as it loads).
 ``modules``   'I', two words per module slot (owners by id): first table id, tables.
 ``events``    'I', three words per event: op, arg (module slot, or the offset of the
@@ -112,30 +117,40 @@ def _lay_bsearch(lay: array, a: dict[str, list[int]]) -> None:
         lay.extend(order)
 
 
+def _reciprocal(d: int) -> tuple[int, int]:
+    """Lemire's fastmod constant for d (as the kernel's reciprocal_div): low, high words."""
+    m = ((1 << 64) - 1) // d + 1 & ((1 << 64) - 1)
+    return m & 0xFFFFFFFF, m >> 32
+
+
 def _lay_sysv(lay: array, a: dict[str, list[int]]) -> None:
-    lay.append(len(a["bucket"]))
+    nb = len(a["bucket"])
+    lay.extend((nb, *_reciprocal(nb)))
     lay.extend(a["bucket"])
-    lay.extend(a["chain"])
-    lay.extend(a["hashes"])
+    for link, h in zip(a["chain"], a["hashes"], strict=True):
+        lay.extend((link, h))
 
 
 def _lay_gnu(lay: array, a: dict[str, list[int]], idx: TableIndex, bloom: array) -> None:
     shift2 = idx.shift2  # type: ignore[attr-defined]  # not an array: a scalar of the layout
-    lay.extend((len(a["bloom_lo"]), shift2, len(a["buckets"]), len(bloom)))
+    lay.extend((len(a["bloom_lo"]), shift2, len(a["buckets"]), len(bloom),
+                *_reciprocal(len(a["buckets"]))))
     bloom.extend(lo | hi << 32 for lo, hi in zip(a["bloom_lo"], a["bloom_hi"], strict=True))
     lay.extend(a["buckets"])
     lay.extend(a["chain"])
     lay.extend(a["index"])
 
 
-def _lay_perfect(lay: array, a: dict[str, list[int]], pilots: array) -> None:
+def _lay_perfect(lay: array, a: dict[str, list[int]], pilots: array, bloom: array) -> None:
     if "fallback" in a:
         lay.append(1)
         _lay_bsearch(lay, a)
         return
-    nbuckets, nslots, seed = a["params"]
-    lay.extend((0, nbuckets, nslots, seed, len(pilots)))
+    nbuckets, nslots, seed, nwords = a["params"]
+    lay.extend((0, nbuckets, nslots, seed, len(pilots), nwords, len(bloom),
+                *_reciprocal(nbuckets), *_reciprocal(nslots), *_reciprocal(nwords)))
     pilots.extend(a["pilots"])
+    bloom.extend(lo | hi << 32 for lo, hi in zip(a["bloom_lo"], a["bloom_hi"], strict=True))
     lay.extend(a["slots"])
 
 
@@ -161,7 +176,7 @@ def _layouts(strategy: Strategy, tables: list[Table]
         elif kind == "gnu":
             _lay_gnu(lay, a, idx, bloom)
         elif kind == "perfect":
-            _lay_perfect(lay, a, pilots)
+            _lay_perfect(lay, a, pilots, bloom)
     return lay, bloom, pilots, offsets, memory
 
 

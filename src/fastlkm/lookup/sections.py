@@ -152,11 +152,13 @@ def encode_index(strategy: Strategy, index: TableIndex, entries: int, little: bo
                                                         strict=True)], little) + \
             _pack("I", [*a["buckets"], *a["chain"]], little) + _pack(w, a["index"], little)
     else:
-        nbuckets, nslots, seed = a["params"]
+        nbuckets, nslots, seed, nwords = a["params"]
         empty = (1 << 8 * width) - 1
         slots = [empty if s == EMPTY_SLOT else s for s in a["slots"]]
-        payload = _pack("I", [nbuckets, nslots, seed], little) + _pack(w, slots, little) + \
-            _pack("H", a["pilots"], little)
+        payload = _pack("I", [nbuckets, nslots, seed, nwords], little) + \
+            _pack("Q", [lo | hi << 32 for lo, hi in zip(a["bloom_lo"], a["bloom_hi"],
+                                                        strict=True)], little) + \
+            _pack(w, slots, little) + _pack("H", a["pilots"], little)
     return _header(little).pack(MAGIC, VERSION, layout, hid, width, entries,
                                 len(payload)) + payload
 
@@ -244,14 +246,18 @@ def decode(data: bytes, little: bool, path: str | None = None, offset: int = 0) 
         if sorted(a["index"]) != list(range(n)):
             raise r.error("gnu index is not a permutation of the table")
     else:
-        nbuckets, nslots, seed = r.u32(), r.u32(), r.u32()
-        if nbuckets == 0 or nslots < n:
-            raise r.error(f"perfect nbuckets {nbuckets}, nslots {nslots} for {n} entries")
+        nbuckets, nslots, seed, nwords = (r.u32() for _ in range(4))
+        if nbuckets == 0 or nslots < n or nwords == 0:
+            raise r.error(f"perfect nbuckets {nbuckets}, nslots {nslots}, Bloom words "
+                          f"{nwords} for {n} entries")
+        bloom = r.array("Q", nwords)
+        a["bloom_lo"] = [x & 0xFFFFFFFF for x in bloom]
+        a["bloom_hi"] = [x >> 32 for x in bloom]
         empty = (1 << 8 * width) - 1
         slots = r.array(w, nslots)
         a["slots"] = [EMPTY_SLOT if s == empty else s for s in slots]
         a["pilots"] = r.array("H", nbuckets)
-        a["params"] = [nbuckets, nslots, seed]
+        a["params"] = [nbuckets, nslots, seed, nwords]
         check("slots", [s for s in a["slots"] if s != EMPTY_SLOT], n - 1)
     if r.pos != size:
         raise r.error(f"{size - r.pos} bytes left over after the {LAYOUT_NAMES[layout]} "
@@ -265,7 +271,7 @@ def decode(data: bytes, little: bool, path: str | None = None, offset: int = 0) 
 def index_from_stored(stored: Stored, table: Table) -> TableIndex:
     """The strategy's index over *table*, from its stored arrays, with nothing recomputed:
     what was written is what is searched.  Its ``arrays()`` and ``memory`` are those of
-    the index the strategy would build (tests/lookup/test_sections.py)."""
+    the index the strategy would build (tests/outputs/test_sections.py)."""
     n = len(table.names)
     if stored.entries != n:
         raise FormatError(f"stored for {stored.entries} entries, {table.name} has {n}")
@@ -302,7 +308,9 @@ def index_from_stored(stored: Stored, table: Table) -> TableIndex:
         pf = object.__new__(PerfectIndex)
         pf.names = table.names
         pf.fallback = None
-        pf.nbuckets, pf.nslots, pf.seed = a["params"]
+        pf.nbuckets, pf.nslots, pf.seed, pf.nwords = a["params"]
+        pf.bloom = [lo | hi << 32 for lo, hi in zip(a["bloom_lo"], a["bloom_hi"],
+                                                    strict=True)]
         pf.pilots, pf.slots = a["pilots"], a["slots"]
         pf.memory = stored.payload
         return pf

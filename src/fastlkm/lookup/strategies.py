@@ -9,6 +9,7 @@ engine (_native.c) runs these very arrays, exported by ``arrays()``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,6 +149,7 @@ class SysvIndex(TableIndex):
         return None
 
     def arrays(self) -> dict[str, list[int]]:
+        # the native layout keeps each entry's chain link beside its hash (one cache line)
         return {"bucket": self.bucket, "chain": self.chain, "hashes": self.hashes}
 
 
@@ -237,8 +239,24 @@ class GnuIndex(TableIndex):
 # --- perfect: a minimal-ish perfect hash per table (PTHash style) ----------------------
 
 PILOT_MAX = 1 << 16       # 16-bit pilots: 8-bit ones run out at half fill on 5-key buckets
-PERFECT_LOAD = 0.97       # slots = keys / load
-PERFECT_BUCKET_KEYS = 4   # keys per pilot bucket on average
+PERFECT_LOAD = 0.99       # slots = keys / load
+PERFECT_BUCKET_KEYS = 5   # keys per pilot bucket on average
+PERFECT_BLOOM_BITS = 3    # Bloom filter bits per key (two bits set per key, one word)
+PERFECT_MIN_KEYS = 8      # smaller tables are binary-searched: a hash costs more than it saves
+
+
+@functools.lru_cache(maxsize=8)
+def _pilot_mixes(seed: int) -> tuple[int, ...]:
+    """mix32(pilot + seed) for every pilot: the build's inner loop reads these."""
+    return tuple(mix32((p + seed) & 0xFFFFFFFF) for p in range(PILOT_MAX))
+
+
+def perfect_bloom(h: int, nwords: int) -> tuple[int, int]:
+    """(word, two-bit mask) of a key in the perfect strategy's Bloom filter: both from
+    mixes of the precomputed hash, independent of the pilot bucket's."""
+    a = mix32(h ^ 0xA5A5A5A5)
+    b = mix32(a)
+    return a % nwords, (1 << (b & 63)) | (1 << ((b >> 6) & 63))
 
 
 def perfect_slot(h: int, pilot: int, seed: int, nslots: int) -> int:
@@ -246,19 +264,21 @@ def perfect_slot(h: int, pilot: int, seed: int, nslots: int) -> int:
 
 
 class PerfectIndex(TableIndex):
-    """A 16-bit pilot per bucket of about four keys and one index slot per key (3% spare):
-    about 2.6 bytes per export.  A lookup reads a pilot, one slot of the index array, and
-    makes one strcmp.  Built as PTHash does: buckets by decreasing size, each given the
-    first pilot that puts all its keys in free slots.  Keys are the precomputed 32-bit
-    name hashes, mixed."""
+    """A Bloom word array (3 bits per key), a 16-bit pilot per bucket of about five keys
+    and one index slot per key (1% spare): under 3 bytes per export.  A lookup reads one
+    Bloom word, which turns most tables without the name away; else a pilot, one slot of
+    the index array, and one strcmp.  Built as PTHash does: buckets by decreasing size,
+    each given the first pilot that puts all its keys in free slots.  Keys are the
+    precomputed 32-bit name hashes, mixed."""
 
     def __init__(self, t: Table, hashfn: Callable[[bytes], int] = djb_hash):
         self.names = t.names
         n = len(t.names)
         hashes = [hashfn(x) for x in t.names]
         self.fallback: BsearchIndex | None = None
-        if len(set(hashes)) != n:
-            # two names of one table share a 32-bit hash: no function separates them
+        if n < PERFECT_MIN_KEYS or len(set(hashes)) != n:
+            # a tiny table, or two names sharing a 32-bit hash that no function of the
+            # hash can separate: binary search
             self.fallback = BsearchIndex(t)
             self.memory = self.fallback.memory
             return
@@ -275,7 +295,16 @@ class PerfectIndex(TableIndex):
                 nslots = math.ceil(nslots * 1.05) + 1
         else:  # pragma: no cover - 64 seeds at a growing load never all fail in practice
             raise RuntimeError("perfect hash construction failed")
-        self.memory = 12 + 2 * self.nbuckets + index_width(n) * self.nslots
+        self.nwords = max(1, math.ceil(n * PERFECT_BLOOM_BITS / 64))
+        self.bloom = [0] * self.nwords
+        for h in hashes:
+            w, bits = perfect_bloom(h, self.nwords)
+            self.bloom[w] |= bits
+        # header: nbuckets, nslots, nwords (u16 each below 65,536 keys), seed number (u8),
+        # flags (u8)
+        header = 8 if n < 0xFFFF else 16
+        self.memory = header + 8 * self.nwords + 2 * self.nbuckets + \
+            index_width(n) * self.nslots
 
     def _build(self, hashes: list[int], seed: int, nslots: int
                ) -> tuple[list[int], list[int]] | None:
@@ -286,7 +315,7 @@ class PerfectIndex(TableIndex):
         taken = [False] * nslots
         slots = [0xFFFFFFFF] * nslots
         pilots = [0] * nb
-        pilot_mix = [mix32((p + seed) & 0xFFFFFFFF) for p in range(PILOT_MAX)]
+        pilot_mix = _pilot_mixes(seed)
         for b in sorted(range(nb), key=lambda b: -len(members[b])):
             keys = members[b]
             if not keys:
@@ -310,6 +339,11 @@ class PerfectIndex(TableIndex):
             return self.fallback.find(name, h, c)
         c.tables_visited += 1
         c.bucket_steps += 1
+        w, bits = perfect_bloom(h, self.nwords)
+        if self.bloom[w] & bits != bits:
+            c.bloom_rejections += 1
+            return None
+        c.bucket_steps += 1
         p = self.pilots[mix32(h) % self.nbuckets]
         c.chain_steps += 1
         i = self.slots[perfect_slot(h, p, self.seed, self.nslots)]
@@ -321,7 +355,9 @@ class PerfectIndex(TableIndex):
         if self.fallback is not None:
             return {"fallback": [1], **self.fallback.arrays()}
         return {"pilots": self.pilots, "slots": self.slots,
-                "params": [self.nbuckets, self.nslots, self.seed]}
+                "params": [self.nbuckets, self.nslots, self.seed, self.nwords],
+                "bloom_lo": [w & 0xFFFFFFFF for w in self.bloom],
+                "bloom_hi": [w >> 32 for w in self.bloom]}
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -337,7 +373,7 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy("gnu", "gnu", djb_hash, GnuIndex,
                  "GNU hash with a Bloom filter per table (DT_GNU_HASH layout)"),
         Strategy("perfect", "perfect", djb_hash, PerfectIndex,
-                 "a perfect hash per table: 2.6 bytes per export, one strcmp per table"),
+                 "a Bloom filter and a perfect hash per table: under 3 bytes per export"),
         Strategy("global", "global", djb_hash, None,
                  "one chained hash index over every loaded export"),
     )
