@@ -80,8 +80,6 @@ struct engine {
 	const uint32_t *name_off;	/* per entry, all tables */
 	struct ktable *tables;
 	uint32_t ntables, nvmlinux, nentries;
-	const uint64_t *bloom;
-	const uint16_t *pilots;
 	const uint32_t *mods;		/* per module slot: first table, number of tables */
 	uint32_t nmods;
 	const uint32_t *events;		/* per event: op, arg, gplok */
@@ -170,6 +168,18 @@ static __always_inline uint32_t fastmod(uint32_t x, const uint32_t *m, uint32_t 
 	uint64_t low = (((uint64_t)m[1] << 32) | m[0]) * x;
 
 	return (uint32_t)(((unsigned __int128)low * d) >> 64);
+}
+
+/* the i-th u16 of an array packed two to a u32 word, the first in the low half */
+static __always_inline uint32_t load16(const uint32_t *base, uint32_t i)
+{
+	return (base[i >> 1] >> ((i & 1) * 16)) & 0xFFFF;
+}
+
+/* a 64-bit Bloom word stored as its low and high u32 */
+static __always_inline uint64_t load64(const uint32_t *p)
+{
+	return ((uint64_t)p[1] << 32) | p[0];
 }
 
 static inline const char *entry_name(const struct engine *e, const struct ktable *t,
@@ -262,15 +272,15 @@ static __always_inline long find_gnu(const struct engine *e, const struct ktable
 {
 	const uint32_t *lay = t->layout;
 	uint32_t maskwords = lay[0], shift2 = lay[1], nbuckets = lay[2];
-	const uint64_t *bloom = e->bloom + lay[3];
-	const uint32_t *buckets = lay + 6;
+	const uint32_t *bloom = lay + 6;
+	const uint32_t *buckets = bloom + 2 * maskwords;
 	const uint32_t *chain = buckets + nbuckets;
 	const uint32_t *index = chain + t->num;
 	uint64_t word;
 	uint32_t j, pos, v, i;
 
 	COUNT(c, bucket_steps);
-	word = bloom[(h / 64) & (maskwords - 1)];
+	word = load64(bloom + 2 * ((h / 64) & (maskwords - 1)));
 	if (!((word >> (h % 64)) & (word >> ((h >> shift2) % 64)) & 1)) {
 		COUNT(c, bloom_rejections);
 		return NOT_FOUND;
@@ -293,18 +303,19 @@ static __always_inline long find_gnu(const struct engine *e, const struct ktable
 }
 
 /*
- * A Bloom filter and a PTHash-style perfect hash; layout: fallback, then the bsearch
- * layout when fallback is set, else nbuckets, nslots, seed, pilot offset, nwords, bloom
- * offset, the reciprocals of nbuckets, nslots and nwords (2 words each), then
- * slots[nslots] (entry or SLOT_EMPTY); 16-bit pilots in pilots[], words in bloom[].
+ * A Bloom filter and a PTHash-style perfect hash, one block per table: fallback, then the
+ * bsearch layout when fallback is set, else nbuckets, nslots, seed, slot width, nwords,
+ * 0, the reciprocals of nbuckets, nslots and nwords (2 words each), the Bloom words,
+ * the u16 pilots, the slots (u16 or u32; all ones: empty).
  */
 static __always_inline long find_perfect(const struct engine *e, const struct ktable *t,
 					 const char *name, uint32_t h, const int count,
 					 struct counters *c)
 {
 	const uint32_t *lay = t->layout;
-	uint32_t nbuckets, nslots, seed, nwords, p, i, a, b;
-	uint64_t word, bits;
+	const uint32_t *bloom, *pilots, *slots;
+	uint32_t nbuckets, nslots, seed, nwords, p, i, a, b, pos;
+	uint64_t bits;
 
 	if (lay[0])
 		return find_bsearch(e, t, lay + 1, name, count, c);
@@ -312,21 +323,30 @@ static __always_inline long find_perfect(const struct engine *e, const struct kt
 	nslots = lay[2];
 	seed = lay[3];
 	nwords = lay[5];
+	bloom = lay + 13;
 	COUNT(c, bucket_steps);
 	a = mix32(h ^ 0xA5A5A5A5u);
 	b = mix32(a);
 	bits = (1ULL << (b & 63)) | (1ULL << ((b >> 6) & 63));
-	word = e->bloom[lay[6] + fastmod(a, lay + 11, nwords)];
-	if ((word & bits) != bits) {
+	if ((load64(bloom + 2 * fastmod(a, lay + 11, nwords)) & bits) != bits) {
 		COUNT(c, bloom_rejections);
 		return NOT_FOUND;
 	}
+	pilots = bloom + 2 * nwords;
+	slots = pilots + (nbuckets + 1) / 2;
 	COUNT(c, bucket_steps);
-	p = e->pilots[lay[4] + fastmod(mix32(h), lay + 7, nbuckets)];
+	p = load16(pilots, fastmod(mix32(h), lay + 7, nbuckets));
 	COUNT(c, chain_steps);
-	i = lay[13 + fastmod(mix32(h ^ mix32(p + seed)), lay + 9, nslots)];
-	if (i == SLOT_EMPTY)
-		return NOT_FOUND;
+	pos = fastmod(mix32(h ^ mix32(p + seed)), lay + 9, nslots);
+	if (lay[4] == 2) {
+		i = load16(slots, pos);
+		if (i == 0xFFFF)
+			return NOT_FOUND;
+	} else {
+		i = slots[pos];
+		if (i == SLOT_EMPTY)
+			return NOT_FOUND;
+	}
 	return kstrcmp(name, entry_name(e, t, i), count, c) == 0 ? (long)i : NOT_FOUND;
 }
 
@@ -647,7 +667,7 @@ static void replay_pass(struct engine *e, struct counters *c, int count)
 
 /* the buffers of a call, in argument order */
 enum {
-	B_TABLES, B_STRINGS, B_NAME_OFF, B_FLAGS, B_LAYOUT, B_BLOOM, B_PILOTS, B_MODS,
+	B_TABLES, B_STRINGS, B_NAME_OFF, B_FLAGS, B_LAYOUT, B_MODS,
 	B_EVENTS, B_LNAMES, B_RES_TABLE, B_RES_INDEX, NBUF
 };
 
@@ -676,11 +696,10 @@ static int check_bsearch(const struct ktable *t, const uint32_t *lay, uint64_t r
 }
 
 /* do the table's layout indexes stay in bounds, and do its chains end? */
-static int check_layout(const struct engine *e, const struct ktable *t, uint64_t room,
-			Py_ssize_t nbloom, Py_ssize_t npilots)
+static int check_layout(const struct engine *e, const struct ktable *t, uint64_t room)
 {
 	const uint32_t *lay = t->layout;
-	uint64_t n = t->num;
+	uint64_t n = t->num, w;
 	uint32_t i, nb, ns;
 
 	switch (e->kind) {
@@ -703,16 +722,19 @@ static int check_layout(const struct engine *e, const struct ktable *t, uint64_t
 		if (room < 6)
 			return -1;
 		nb = lay[2];
-		if (lay[0] == 0 || (lay[0] & (lay[0] - 1)) || lay[1] >= 32 || nb == 0 ||
-		    (uint64_t)lay[3] + lay[0] > (uint64_t)nbloom || room < 6 + nb + 2 * n)
+		if (lay[0] == 0 || lay[0] > (1u << 24) || (lay[0] & (lay[0] - 1)) ||
+		    lay[1] >= 32 || nb == 0)
+			return -1;
+		w = 6 + 2 * (uint64_t)lay[0];	/* the buckets start here */
+		if (room < w + nb + 2 * n)
 			return -1;
 		for (i = 0; i < nb; i++)
-			if (lay[6 + i] > n)
+			if (lay[w + i] > n)
 				return -1;
-		if (n && !(lay[6 + nb + n - 1] & 1))	/* the last run ends */
+		if (n && !(lay[w + nb + n - 1] & 1))	/* the last run ends */
 			return -1;
 		for (i = 0; i < n; i++)
-			if (lay[6 + nb + n + i] >= n)
+			if (lay[w + nb + n + i] >= n)
 				return -1;
 		return 0;
 	case K_PERFECT:
@@ -724,13 +746,18 @@ static int check_layout(const struct engine *e, const struct ktable *t, uint64_t
 			return -1;
 		nb = lay[1];
 		ns = lay[2];
-		if (nb == 0 || ns == 0 || lay[5] == 0 ||
-		    (uint64_t)lay[4] + nb > (uint64_t)npilots ||
-		    (uint64_t)lay[6] + lay[5] > (uint64_t)nbloom || room < 13 + (uint64_t)ns)
+		if (nb == 0 || ns == 0 || lay[5] == 0 || (lay[4] != 2 && lay[4] != 4))
 			return -1;
-		for (i = 0; i < ns; i++)
-			if (lay[13 + i] != SLOT_EMPTY && lay[13 + i] >= n)
+		/* the slots start here, after the Bloom words and the pilots */
+		w = 13 + 2 * (uint64_t)lay[5] + (nb + 1) / 2;
+		if (room < w + (lay[4] == 2 ? (ns + 1) / 2 : (uint64_t)ns))
+			return -1;
+		for (i = 0; i < ns; i++) {
+			uint32_t v = lay[4] == 2 ? load16(lay + w, i) : lay[w + i];
+
+			if (v != (lay[4] == 2 ? 0xFFFFu : SLOT_EMPTY) && v >= n)
 				return -1;
+		}
 		return 0;
 	}
 	return -1;
@@ -744,7 +771,7 @@ static int setup_tables(struct engine *e, Py_buffer *b)
 	uint32_t tid;
 
 	if (b[B_TABLES].len % 16 || b[B_NAME_OFF].len % 4 || b[B_LAYOUT].len % 4 ||
-	    b[B_BLOOM].len % 8 || b[B_PILOTS].len % 2 || b[B_NAME_OFF].len / 4 > UINT32_MAX ||
+	    b[B_NAME_OFF].len / 4 > UINT32_MAX ||
 	    b[B_TABLES].len / 16 > INT32_MAX)
 		return bad("array size");
 	e->ntables = (uint32_t)(b[B_TABLES].len / 16);
@@ -774,7 +801,7 @@ static int setup_tables(struct engine *e, Py_buffer *b)
 		t->layout = layout + off;
 		t->num = (uint32_t)num;
 		t->license = tab[4 * tid + 2];
-		if (check_layout(e, t, nlayout - off, b[B_BLOOM].len / 8, b[B_PILOTS].len / 2))
+		if (check_layout(e, t, nlayout - off))
 			return bad("layout");
 	}
 	return 0;
@@ -951,10 +978,10 @@ static PyObject *native_replay(PyObject *self, PyObject *args)
 	memset(&e, 0, sizeof(e));
 	memset(&c, 0, sizeof(c));
 	memset(b, 0, sizeof(b));
-	if (!PyArg_ParseTuple(args, "iipiny*y*y*y*y*y*y*y*y*y*w*w*:replay", &e.kind,
+	if (!PyArg_ParseTuple(args, "iipiny*y*y*y*y*y*y*y*w*w*:replay", &e.kind,
 			      &e.hashkind, &e.precomputed, &repeats, &nvmlinux,
 			      &b[B_TABLES], &b[B_STRINGS], &b[B_NAME_OFF], &b[B_FLAGS],
-			      &b[B_LAYOUT], &b[B_BLOOM], &b[B_PILOTS], &b[B_MODS],
+			      &b[B_LAYOUT], &b[B_MODS],
 			      &b[B_EVENTS], &b[B_LNAMES], &b[B_RES_TABLE], &b[B_RES_INDEX]))
 		goto out;
 	if (e.kind < 0 || e.kind >= K_NR || e.hashkind < H_NONE || e.hashkind > H_DJB ||
@@ -966,8 +993,6 @@ static PyObject *native_replay(PyObject *self, PyObject *args)
 	e.nvmlinux = (uint32_t)nvmlinux;
 	e.strings = b[B_STRINGS].buf;
 	e.name_off = b[B_NAME_OFF].buf;
-	e.bloom = b[B_BLOOM].buf;
-	e.pilots = b[B_PILOTS].buf;
 	e.mods = b[B_MODS].buf;
 	e.events = b[B_EVENTS].buf;
 	e.lnames = b[B_LNAMES].buf;

@@ -14,14 +14,14 @@ layouts by construction) and packed into flat arrays for the C engine:
               bsearch  has_order, order[n] when has_order
               sysv     nbucket, reciprocal (2 words), bucket[nbucket], then per entry
                        its chain link and its hash
-              gnu      maskwords, shift2, nbuckets, bloom offset, reciprocal of
-                       nbuckets (2 words), buckets[nbuckets], chain[n], index[n]; the
-                       64-bit Bloom words in ``bloom`` ('Q')
+              gnu      maskwords, shift2, nbuckets, 0, reciprocal of nbuckets (2
+                       words), the 64-bit Bloom words (low, high), buckets[nbuckets],
+                       chain[n], index[n]: one block, as a .gnu.hash section is
               perfect  fallback, then the bsearch layout when fallback is set, else
-                       nbuckets, nslots, seed, pilot offset, nwords, bloom offset,
-                       reciprocals of nbuckets, nslots and nwords (2 words each),
-                       slots[nslots]; the 16-bit pilots in ``pilots`` ('H'), the Bloom
-                       words in ``bloom``
+                       nbuckets, nslots, seed, slot width (2 or 4), nwords, 0, the
+                       reciprocals of nbuckets, nslots and nwords (2 words each), the
+                       Bloom words (low, high), the u16 pilots two to a word, the slots
+                       (u16 two to a word, 0xFFFF empty, or u32, 0xFFFFFFFF empty)
               (a reciprocal is Lemire's fastmod constant: x % d without a division)
               linear and global have none (global builds its hash in C as it loads).
 ``modules``   'I', two words per module slot (owners by id): first table id, tables.
@@ -43,7 +43,7 @@ from fastlkm.lookup.base import PER_ENTRY, Counters, Table
 from fastlkm.lookup.hashes import djb_hash, elf_hash
 from fastlkm.lookup.replay import LOAD, LOOKUP, UNLOAD, Event, Result
 from fastlkm.lookup.space import GlobalSpace
-from fastlkm.lookup.strategies import Strategy, TableIndex
+from fastlkm.lookup.strategies import Strategy, TableIndex, index_width
 
 try:
     from fastlkm.lookup import _native  # type: ignore[attr-defined]
@@ -131,34 +131,47 @@ def _lay_sysv(lay: array, a: dict[str, list[int]]) -> None:
         lay.extend((link, h))
 
 
-def _lay_gnu(lay: array, a: dict[str, list[int]], idx: TableIndex, bloom: array) -> None:
+def _pack16(lay: array, values: list[int]) -> None:
+    """u16 values, two to a word (the first in the low half)."""
+    for i in range(0, len(values), 2):
+        hi = values[i + 1] if i + 1 < len(values) else 0
+        lay.append(values[i] | hi << 16)
+
+
+def _lay_gnu(lay: array, a: dict[str, list[int]], idx: TableIndex) -> None:
     shift2 = idx.shift2  # type: ignore[attr-defined]  # not an array: a scalar of the layout
-    lay.extend((len(a["bloom_lo"]), shift2, len(a["buckets"]), len(bloom),
+    lay.extend((len(a["bloom_lo"]), shift2, len(a["buckets"]), 0,
                 *_reciprocal(len(a["buckets"]))))
-    bloom.extend(lo | hi << 32 for lo, hi in zip(a["bloom_lo"], a["bloom_hi"], strict=True))
+    for lo, hi in zip(a["bloom_lo"], a["bloom_hi"], strict=True):
+        lay.extend((lo, hi))
     lay.extend(a["buckets"])
     lay.extend(a["chain"])
     lay.extend(a["index"])
 
 
-def _lay_perfect(lay: array, a: dict[str, list[int]], pilots: array, bloom: array) -> None:
+def _lay_perfect(lay: array, a: dict[str, list[int]], n: int) -> None:
     if "fallback" in a:
         lay.append(1)
         _lay_bsearch(lay, a)
         return
     nbuckets, nslots, seed, nwords = a["params"]
-    lay.extend((0, nbuckets, nslots, seed, len(pilots), nwords, len(bloom),
-                *_reciprocal(nbuckets), *_reciprocal(nslots), *_reciprocal(nwords)))
-    pilots.extend(a["pilots"])
-    bloom.extend(lo | hi << 32 for lo, hi in zip(a["bloom_lo"], a["bloom_hi"], strict=True))
-    lay.extend(a["slots"])
+    width = index_width(n)
+    lay.extend((0, nbuckets, nslots, seed, width, nwords, 0, *_reciprocal(nbuckets),
+                *_reciprocal(nslots), *_reciprocal(nwords)))
+    for lo, hi in zip(a["bloom_lo"], a["bloom_hi"], strict=True):
+        lay.extend((lo, hi))
+    _pack16(lay, a["pilots"])
+    if width == 2:
+        _pack16(lay, [s & 0xFFFF for s in a["slots"]])
+    else:
+        lay.extend(a["slots"])
 
 
 def _layouts(strategy: Strategy, tables: list[Table]
-             ) -> tuple[array, array, array, list[int], list[int]]:
-    """Each table's index, built by the strategy and packed: layout, bloom, pilots, the
+             ) -> tuple[array, list[int], list[int]]:
+    """Each table's index, built by the strategy and packed: the layouts, the
     layout offset and the memory of each table."""
-    lay, bloom, pilots = array("I"), array("Q"), array("H")
+    lay = array("I")
     offsets, memory = [], []
     kind = strategy.kind
     for t in tables:
@@ -174,10 +187,10 @@ def _layouts(strategy: Strategy, tables: list[Table]
         elif kind == "sysv":
             _lay_sysv(lay, a)
         elif kind == "gnu":
-            _lay_gnu(lay, a, idx, bloom)
+            _lay_gnu(lay, a, idx)
         elif kind == "perfect":
-            _lay_perfect(lay, a, pilots, bloom)
-    return lay, bloom, pilots, offsets, memory
+            _lay_perfect(lay, a, len(t.names))
+    return lay, offsets, memory
 
 
 def _global_memory(vmlinux: list[Table], modules: dict[int, list[Table]],
@@ -229,7 +242,7 @@ def pack(strategy: Strategy, vmlinux: list[Table], modules: dict[int, list[Table
         tables.extend(ts)
 
     t0 = time.perf_counter()
-    lay, bloom, pilots, lay_off, idx_mem = _layouts(strategy, tables)
+    lay, lay_off, idx_mem = _layouts(strategy, tables)
     build_s = time.perf_counter() - t0
 
     names: list[bytes] = []
@@ -274,7 +287,7 @@ def pack(strategy: Strategy, vmlinux: list[Table], modules: dict[int, list[Table
     else:
         memory = _global_memory(vmlinux, modules, events)
 
-    buffers = (recs, strings, name_off, bytes(flags), lay, bloom, pilots, mods,
+    buffers = (recs, strings, name_off, bytes(flags), lay, mods,
                array("I", ev_words), lblob)
     return Packed(strategy, tuple(tables), len(vmlinux), buffers, nlookups, memory, build_s)
 
