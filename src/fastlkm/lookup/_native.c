@@ -57,12 +57,19 @@ struct ktable {
 	uint32_t license;
 };
 
+/* a node of the global hash: {hash, next, entry} as a kernel would keep it (the entry
+ * being its table and index here), one cache line per chain step */
+struct gnode {
+	uint32_t hash, next;
+	int32_t table;			/* -1: a free node */
+	uint32_t entry;
+};
+
 /* the global strategy's chained hash (space.GlobalSpace) */
 struct ghash {
 	uint32_t nbuckets;
 	uint32_t *buckets;
-	uint32_t *nhash, *nnext, *nentry;
-	int32_t *ntable;		/* -1: a free node */
+	struct gnode *nodes;
 	uint32_t nnodes;		/* nodes ever allocated, node 0 included */
 	uint32_t *free;			/* LIFO of free nodes */
 	uint32_t nfree;
@@ -180,6 +187,34 @@ static __always_inline uint32_t load16(const uint32_t *base, uint32_t i)
 static __always_inline uint64_t load64(const uint32_t *p)
 {
 	return ((uint64_t)p[1] << 32) | p[0];
+}
+
+/* x scaled into [0, d) by one multiplication (Lemire's fastrange), as
+ * strategies.fastrange(): the perfect strategy's map to buckets, slots and words */
+static __always_inline uint32_t fastrange(uint32_t x, uint32_t d)
+{
+	return (uint32_t)(((uint64_t)x * d) >> 32);
+}
+
+/* what a lookup computes once from the name's hash, for every table it visits */
+struct lkey {
+	uint32_t h;
+	uint32_t mixed;			/* perfect: mix32(h), the pilot bucket's key */
+	uint32_t bloom_a;		/* perfect: its Bloom word's key */
+	uint64_t bloom_bits;		/* perfect: its two Bloom bits */
+};
+
+static __always_inline void make_key(struct lkey *k, uint32_t h, const int kind)
+{
+	uint32_t b;
+
+	k->h = h;
+	if (kind == K_PERFECT) {
+		k->mixed = mix32(h);
+		k->bloom_a = mix32(h ^ 0xA5A5A5A5u);
+		b = mix32(k->bloom_a);
+		k->bloom_bits = (1ULL << (b & 63)) | (1ULL << ((b >> 6) & 63));
+	}
 }
 
 static inline const char *entry_name(const struct engine *e, const struct ktable *t,
@@ -305,17 +340,16 @@ static __always_inline long find_gnu(const struct engine *e, const struct ktable
 /*
  * A Bloom filter and a PTHash-style perfect hash, one block per table: fallback, then the
  * bsearch layout when fallback is set, else nbuckets, nslots, seed, slot width, nwords,
- * 0, the reciprocals of nbuckets, nslots and nwords (2 words each), the Bloom words,
- * the u16 pilots, the slots (u16 or u32; all ones: empty).
+ * the Bloom words, the u16 pilots, the slots (u16 or u32; all ones: empty); buckets,
+ * slots and words are found by fastrange() of mixes computed once per lookup.
  */
 static __always_inline long find_perfect(const struct engine *e, const struct ktable *t,
-					 const char *name, uint32_t h, const int count,
+					 const char *name, const struct lkey *k, const int count,
 					 struct counters *c)
 {
 	const uint32_t *lay = t->layout;
 	const uint32_t *bloom, *pilots, *slots;
-	uint32_t nbuckets, nslots, seed, nwords, p, i, a, b, pos;
-	uint64_t bits;
+	uint32_t nbuckets, nslots, seed, nwords, p, i, pos;
 
 	if (lay[0])
 		return find_bsearch(e, t, lay + 1, name, count, c);
@@ -323,21 +357,18 @@ static __always_inline long find_perfect(const struct engine *e, const struct kt
 	nslots = lay[2];
 	seed = lay[3];
 	nwords = lay[5];
-	bloom = lay + 13;
+	bloom = lay + 6;
 	COUNT(c, bucket_steps);
-	a = mix32(h ^ 0xA5A5A5A5u);
-	b = mix32(a);
-	bits = (1ULL << (b & 63)) | (1ULL << ((b >> 6) & 63));
-	if ((load64(bloom + 2 * fastmod(a, lay + 11, nwords)) & bits) != bits) {
+	if ((load64(bloom + 2 * fastrange(k->bloom_a, nwords)) & k->bloom_bits) != k->bloom_bits) {
 		COUNT(c, bloom_rejections);
 		return NOT_FOUND;
 	}
 	pilots = bloom + 2 * nwords;
 	slots = pilots + (nbuckets + 1) / 2;
 	COUNT(c, bucket_steps);
-	p = load16(pilots, fastmod(mix32(h), lay + 7, nbuckets));
+	p = load16(pilots, fastrange(k->mixed, nbuckets));
 	COUNT(c, chain_steps);
-	pos = fastmod(mix32(h ^ mix32(p + seed)), lay + 9, nslots);
+	pos = fastrange(mix32(k->h ^ mix32(p + seed)), nslots);
 	if (lay[4] == 2) {
 		i = load16(slots, pos);
 		if (i == 0xFFFF)
@@ -351,8 +382,8 @@ static __always_inline long find_perfect(const struct engine *e, const struct kt
 }
 
 static __always_inline long find_in_table(const struct engine *e, const struct ktable *t,
-					  const char *name, uint32_t h, const int count,
-					  const int kind, struct counters *c)
+					  const char *name, const struct lkey *k,
+					  const int count, const int kind, struct counters *c)
 {
 	COUNT(c, tables_visited);
 	switch (kind) {
@@ -361,17 +392,17 @@ static __always_inline long find_in_table(const struct engine *e, const struct k
 	case K_BSEARCH:
 		return find_bsearch(e, t, t->layout, name, count, c);
 	case K_SYSV:
-		return find_sysv(e, t, name, h, count, c);
+		return find_sysv(e, t, name, k->h, count, c);
 	case K_GNU:
-		return find_gnu(e, t, name, h, count, c);
+		return find_gnu(e, t, name, k->h, count, c);
 	default:
-		return find_perfect(e, t, name, h, count, c);
+		return find_perfect(e, t, name, k, count, c);
 	}
 }
 
 /* one table of find_symbol()'s walk; 1 when the name was found in it */
 static __always_inline int search_table(const struct engine *e, uint32_t tid,
-					const char *name, uint32_t h, int gplok,
+					const char *name, const struct lkey *k, int gplok,
 					const int count, const int kind, struct counters *c,
 					long *index)
 {
@@ -380,7 +411,7 @@ static __always_inline int search_table(const struct engine *e, uint32_t tid,
 
 	if (!gplok && t->license == GPL_ONLY)
 		return 0;
-	i = find_in_table(e, t, name, h, count, kind, c);
+	i = find_in_table(e, t, name, k, count, kind, c);
 	if (i == NOT_FOUND || !visible(t, (uint32_t)i, gplok))
 		return 0;
 	*index = i;
@@ -393,15 +424,17 @@ static __always_inline int32_t find_symbol(const struct engine *e, const char *n
 					   const int kind, struct counters *c, long *index)
 {
 	uint32_t tid, m, slot, end;
+	struct lkey k;
 
+	make_key(&k, h, kind);
 	for (tid = 0; tid < e->nvmlinux; tid++)
-		if (search_table(e, tid, name, h, gplok, count, kind, c, index))
+		if (search_table(e, tid, name, &k, gplok, count, kind, c, index))
 			return (int32_t)tid;
 	for (m = 0; m < e->nlive; m++) {
 		slot = e->live[m];
 		end = e->mods[2 * slot] + e->mods[2 * slot + 1];
 		for (tid = e->mods[2 * slot]; tid < end; tid++)
-			if (search_table(e, tid, name, h, gplok, count, kind, c, index))
+			if (search_table(e, tid, name, &k, gplok, count, kind, c, index))
 				return (int32_t)tid;
 	}
 	return -1;
@@ -419,15 +452,15 @@ static __always_inline int32_t find_global(const struct engine *e, const char *n
 
 	COUNT(c, tables_visited);
 	COUNT(c, bucket_steps);
-	for (k = g->buckets[h & (g->nbuckets - 1)]; k; k = g->nnext[k]) {
+	for (k = g->buckets[h & (g->nbuckets - 1)]; k; k = g->nodes[k].next) {
 		COUNT(c, chain_steps);
-		if (g->nhash[k] != h)
+		if (g->nodes[k].hash != h)
 			continue;
-		t = &e->tables[g->ntable[k]];
-		i = g->nentry[k];
+		t = &e->tables[g->nodes[k].table];
+		i = g->nodes[k].entry;
 		if (kstrcmp(name, entry_name(e, t, i), count, c) == 0 && visible(t, i, gplok)) {
 			*index = i;
-			return g->ntable[k];
+			return g->nodes[k].table;
 		}
 	}
 	return -1;
@@ -445,10 +478,10 @@ static void ghash_grow(struct ghash *g, uint32_t need)
 	g->nbuckets = nb;
 	memset(g->buckets, 0, (size_t)nb * sizeof(*g->buckets));
 	for (k = 1; k < g->nnodes; k++) {
-		if (g->ntable[k] < 0)
+		if (g->nodes[k].table < 0)
 			continue;
-		b = g->nhash[k] & (nb - 1);
-		g->nnext[k] = g->buckets[b];
+		b = g->nodes[k].hash & (nb - 1);
+		g->nodes[k].next = g->buckets[b];
 		g->buckets[b] = k;
 	}
 }
@@ -464,11 +497,11 @@ static void ghash_insert(struct engine *e, uint32_t tid, uint32_t *keys)
 	ghash_grow(g, g->count + t->num);
 	for (i = 0; i < t->num; i++) {
 		k = g->nfree ? g->free[--g->nfree] : g->nnodes++;
-		g->nhash[k] = hs[i];
-		g->ntable[k] = (int32_t)tid;
-		g->nentry[k] = i;
+		g->nodes[k].hash = hs[i];
+		g->nodes[k].table = (int32_t)tid;
+		g->nodes[k].entry = i;
 		b = hs[i] & (g->nbuckets - 1);
-		g->nnext[k] = g->buckets[b];
+		g->nodes[k].next = g->buckets[b];
 		g->buckets[b] = k;
 		keys[i] = k;
 	}
@@ -504,16 +537,16 @@ static void ghash_remove(struct engine *e, uint32_t slot)
 	for (b = 0; b < g->nbuckets; b++) {
 		prev = 0;
 		for (k = g->buckets[b]; k; k = next) {
-			next = g->nnext[k];
+			next = g->nodes[k].next;
 			if (!g->dying[k]) {
 				prev = k;
 				continue;
 			}
 			if (prev)
-				g->nnext[prev] = next;
+				g->nodes[prev].next = next;
 			else
 				g->buckets[b] = next;
-			g->ntable[k] = -1;
+			g->nodes[k].table = -1;
 			g->dying[k] = 0;
 			g->free[g->nfree++] = k;
 		}
@@ -742,14 +775,14 @@ static int check_layout(const struct engine *e, const struct ktable *t, uint64_t
 			return -1;
 		if (lay[0])
 			return check_bsearch(t, lay + 1, room - 1);
-		if (room < 13)
+		if (room < 6)
 			return -1;
 		nb = lay[1];
 		ns = lay[2];
 		if (nb == 0 || ns == 0 || lay[5] == 0 || (lay[4] != 2 && lay[4] != 4))
 			return -1;
 		/* the slots start here, after the Bloom words and the pilots */
-		w = 13 + 2 * (uint64_t)lay[5] + (nb + 1) / 2;
+		w = 6 + 2 * (uint64_t)lay[5] + (nb + 1) / 2;
 		if (room < w + (lay[4] == 2 ? (ns + 1) / 2 : (uint64_t)ns))
 			return -1;
 		for (i = 0; i < ns; i++) {
@@ -883,17 +916,14 @@ static int setup_global(struct engine *e)
 	while (nb < nodes)	/* the most buckets any count can need */
 		nb *= 2;
 	g->buckets = PyMem_Malloc(nb * sizeof(*g->buckets));
-	g->nhash = PyMem_Malloc(nodes * sizeof(*g->nhash));
-	g->nnext = PyMem_Malloc(nodes * sizeof(*g->nnext));
-	g->nentry = PyMem_Malloc(nodes * sizeof(*g->nentry));
-	g->ntable = PyMem_Malloc(nodes * sizeof(*g->ntable));
+	g->nodes = PyMem_Malloc(nodes * sizeof(*g->nodes));
 	g->free = PyMem_Malloc(nodes * sizeof(*g->free));
 	g->dying = PyMem_Calloc(nodes, 1);
 	g->owned = PyMem_Malloc(((size_t)g->owned_off[e->nmods] + nvm + 1) *
 				sizeof(*g->owned));
 	g->owned_valid = PyMem_Malloc((size_t)e->nmods + 1);
 	g->ehash = PyMem_Malloc(((size_t)e->nentries + 1) * sizeof(*g->ehash));
-	if (!g->buckets || !g->nhash || !g->nnext || !g->nentry || !g->ntable ||
+	if (!g->buckets || !g->nodes ||
 	    !g->free || !g->dying || !g->owned || !g->owned_valid || !g->ehash)
 		goto nomem;
 	/* each export's hash, as its module's build would store it */
@@ -913,10 +943,7 @@ static void engine_free(struct engine *e)
 	PyMem_Free(e->live);
 	PyMem_Free(e->lhash);
 	PyMem_Free(g->buckets);
-	PyMem_Free(g->nhash);
-	PyMem_Free(g->nnext);
-	PyMem_Free(g->nentry);
-	PyMem_Free(g->ntable);
+	PyMem_Free(g->nodes);
 	PyMem_Free(g->free);
 	PyMem_Free(g->dying);
 	PyMem_Free(g->owned);

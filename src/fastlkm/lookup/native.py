@@ -18,9 +18,8 @@ layouts by construction) and packed into flat arrays for the C engine:
                        words), the 64-bit Bloom words (low, high), buckets[nbuckets],
                        chain[n], index[n]: one block, as a .gnu.hash section is
               perfect  fallback, then the bsearch layout when fallback is set, else
-                       nbuckets, nslots, seed, slot width (2 or 4), nwords, 0, the
-                       reciprocals of nbuckets, nslots and nwords (2 words each), the
-                       Bloom words (low, high), the u16 pilots two to a word, the slots
+                       nbuckets, nslots, seed, slot width (2 or 4), nwords, the Bloom
+                       words (low, high), the u16 pilots two to a word, the slots
                        (u16 two to a word, 0xFFFF empty, or u32, 0xFFFFFFFF empty)
               (a reciprocal is Lemire's fastmod constant: x % d without a division)
               linear and global have none (global builds its hash in C as it loads).
@@ -156,8 +155,7 @@ def _lay_perfect(lay: array, a: dict[str, list[int]], n: int) -> None:
         return
     nbuckets, nslots, seed, nwords = a["params"]
     width = index_width(n)
-    lay.extend((0, nbuckets, nslots, seed, width, nwords, 0, *_reciprocal(nbuckets),
-                *_reciprocal(nslots), *_reciprocal(nwords)))
+    lay.extend((0, nbuckets, nslots, seed, width, nwords))
     for lo, hi in zip(a["bloom_lo"], a["bloom_hi"], strict=True):
         lay.extend((lo, hi))
     _pack16(lay, a["pilots"])

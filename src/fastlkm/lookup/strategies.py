@@ -251,16 +251,22 @@ def _pilot_mixes(seed: int) -> tuple[int, ...]:
     return tuple(mix32((p + seed) & 0xFFFFFFFF) for p in range(PILOT_MAX))
 
 
+def fastrange(x: int, d: int) -> int:
+    """x scaled into [0, d) by one multiplication (Lemire's fastrange): the perfect
+    strategy's map from a mixed 32-bit value to a bucket, slot or Bloom word."""
+    return (x * d) >> 32
+
+
 def perfect_bloom(h: int, nwords: int) -> tuple[int, int]:
     """(word, two-bit mask) of a key in the perfect strategy's Bloom filter: both from
     mixes of the precomputed hash, independent of the pilot bucket's."""
     a = mix32(h ^ 0xA5A5A5A5)
     b = mix32(a)
-    return a % nwords, (1 << (b & 63)) | (1 << ((b >> 6) & 63))
+    return fastrange(a, nwords), (1 << (b & 63)) | (1 << ((b >> 6) & 63))
 
 
 def perfect_slot(h: int, pilot: int, seed: int, nslots: int) -> int:
-    return mix32(h ^ mix32((pilot + seed) & 0xFFFFFFFF)) % nslots
+    return fastrange(mix32(h ^ mix32((pilot + seed) & 0xFFFFFFFF)), nslots)
 
 
 class PerfectIndex(TableIndex):
@@ -311,7 +317,7 @@ class PerfectIndex(TableIndex):
         nb = self.nbuckets
         members: list[list[int]] = [[] for _ in range(nb)]
         for i, h in enumerate(hashes):
-            members[mix32(h) % nb].append(i)
+            members[fastrange(mix32(h), nb)].append(i)
         taken = [False] * nslots
         slots = [0xFFFFFFFF] * nslots
         pilots = [0] * nb
@@ -323,7 +329,7 @@ class PerfectIndex(TableIndex):
             for p in range(PILOT_MAX):
                 pm = pilot_mix[p]
                 # perfect_slot(), inlined: this loop is the whole build time
-                pos = [mix32(hashes[i] ^ pm) % nslots for i in keys]
+                pos = [(mix32(hashes[i] ^ pm) * nslots) >> 32 for i in keys]
                 if len(set(pos)) == len(pos) and not any(taken[x] for x in pos):
                     for x, i in zip(pos, keys, strict=True):
                         taken[x] = True
@@ -344,7 +350,7 @@ class PerfectIndex(TableIndex):
             c.bloom_rejections += 1
             return None
         c.bucket_steps += 1
-        p = self.pilots[mix32(h) % self.nbuckets]
+        p = self.pilots[fastrange(mix32(h), self.nbuckets)]
         c.chain_steps += 1
         i = self.slots[perfect_slot(h, p, self.seed, self.nslots)]
         if i == 0xFFFFFFFF:
