@@ -126,16 +126,31 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_depmod(a: argparse.Namespace) -> int:
+    from fastlkm.kernel.depmod_d import load_config
+    from fastlkm.kernel.tree import depfile_up_to_date
     from fastlkm.outputs.depmod import build, depmod_files
     from fastlkm.outputs.write import write_outputs
-    from fastlkm.target import modules_for_depmod
+    from fastlkm.target import depmod_kernel_symbols, modules_for_depmod, release_dir
 
-    moddir, modules, order, errors = modules_for_depmod(a.basedir, a.version, jobs=a.jobs)
+    moddir = release_dir(a.basedir, a.version)
+    if a.quick and moddir is not None and depfile_up_to_date(moddir):
+        return 0
+    config = load_config(moddir.name, a.config) if moddir is not None else None
+    moddir, modules, order, errors = modules_for_depmod(a.basedir, a.version, jobs=a.jobs,
+                                                        config=config)
     for e in errors:
         _note(f"error: {e}")
+    if a.errsyms and not (a.filesyms or a.symvers):
+        sys.stderr.write("depmod: WARNING: -e needs -E or -F\n")
+    kernel_syms = depmod_kernel_symbols(a.filesyms, a.symvers)
     compat = a.kmod_compat is not None
     version = int(a.kmod_compat) if compat else 34
-    dm = build(modules, order, kmod_compat=compat)
+    report: list[str] | None = [] if a.errsyms and kernel_syms is not None else None
+    dm = build(modules, order, kernel_exports=kernel_syms, kmod_compat=compat, report=report,
+               check_symvers=a.symvers is not None,
+               moddir=str(moddir) if moddir is not None else None)
+    for line in report or []:
+        sys.stderr.write(f"depmod: WARNING: {line}\n")
 
     def read(name: str) -> bytes | None:
         f = moddir / name if moddir is not None else None
@@ -144,7 +159,7 @@ def cmd_depmod(a: argparse.Namespace) -> int:
     files, warnings = depmod_files(dm, read("modules.builtin"),
                                    read("modules.builtin.modinfo"), version)
     for w in warnings:
-        _note(f"warning: {w}")
+        sys.stderr.write(f"depmod: WARNING: {w}\n")
     if a.show:
         # depmod -n writes the text files to standard output (indexes are binary)
         for name, data in files.items():
@@ -237,7 +252,7 @@ def cmd_hash(a: argparse.Namespace) -> int:
     outcomes, errors = hash_paths(a.paths, opts, a.output, a.jobs)
     for o in outcomes:
         for n in o.notes:
-            if n != "signature stripped" or a.verbose:
+            if a.verbose or not n.startswith(("signature stripped", "signed")):
                 _note(f"{o.path}: {n}")
         if a.verbose and o.changed:
             moved = f", sorted {' '.join(o.sorted)}" if o.sorted else ""
@@ -310,6 +325,18 @@ def parser() -> argparse.ArgumentParser:
                    help="kernel release (or a snapshot file)")
     d.add_argument("-o", "--output", default=None, help="write here instead of in place")
     d.add_argument("-n", "--show", action="store_true", help="write to standard output")
+    d.add_argument("-a", "--all", action="store_true", help="probe all modules (the default)")
+    d.add_argument("-A", "--quick", action="store_true",
+                   help="do nothing when no module is newer than modules.dep")
+    d.add_argument("-e", "--errsyms", action="store_true",
+                   help="report symbols no module or kernel supplies (needs -F or -E)")
+    d.add_argument("-F", "--filesyms", metavar="System.map",
+                   help="the kernel's symbols, from its System.map")
+    d.add_argument("-E", "--symvers", metavar="Module.symvers",
+                   help="the kernel's symbols and CRCs, from Module.symvers")
+    d.add_argument("-w", "--warn", action="store_true", help="warn on duplicates")
+    d.add_argument("-C", "--config", action="append",
+                   help="read depmod.d configuration from this file or directory")
     d.add_argument("--kmod-compat", nargs="?", const="34", choices=["30", "34"],
                    help="reproduce the bytes of kmod 30 or 34 (default 34), kmod's known "
                         "errors included; without it: kmod 34's index layout, without "

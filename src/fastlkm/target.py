@@ -13,16 +13,18 @@ from importlib import resources
 from pathlib import Path
 
 from fastlkm.errors import FastlkmError, NotFoundError
-from fastlkm.kernel.facts import Kernel, Module
+from fastlkm.kernel.depmod_d import DepmodConfig
+from fastlkm.kernel.facts import Export, Kernel, Module
+from fastlkm.kernel.symvers import parse_symvers, vmlinux_exports
+from fastlkm.kernel.sysmap import parse_system_map
 from fastlkm.kernel.tree import (
     Tree,
     compare_exports,
     find_tree,
     load_kernel,
-    read_modules,
+    module_files,
+    read_module_files,
     read_order,
-    scan_modules,
-    select_modules,
 )
 from fastlkm.snapshot import Snapshot, is_snapshot, load
 
@@ -82,8 +84,8 @@ def open_tree(tree: Tree, *, source: str | None = None, jobs: int | None = None,
     notes: list[str] = []
     kernel = load_kernel(tree, prefer=source, notes=notes)
     notes.append(f"kernel exports: {len(kernel.exports)} from {kernel.source}")
-    rels = select_modules(list(scan_modules(tree.moddir)))
-    modules, errors = read_modules(tree.moddir, rels, jobs=jobs, progress=progress)
+    modules, errors = read_module_files(module_files(tree.moddir), jobs=jobs,
+                                        progress=progress)
     kernel = dataclasses.replace(kernel, vermagic=kernel_vermagic(modules))
     if compare:
         notes.extend(compare_sources(tree, kernel))
@@ -115,7 +117,8 @@ def to_snapshot(system: System) -> Snapshot:
     return Snapshot(system.kernel, system.modules, system.order)
 
 
-def modules_for_depmod(basedir: str | None, version: str | None, jobs: int | None = None
+def modules_for_depmod(basedir: str | None, version: str | None, jobs: int | None = None,
+                       config: DepmodConfig | None = None
                        ) -> tuple[Path | None, list[Module], list[str], list[FastlkmError]]:
     """What depmod reads: ``BASEDIR/lib/modules/VERSION`` (or ``usr/lib/modules``), or the
     modules of a snapshot.  The kernel's own exports are not needed."""
@@ -131,6 +134,30 @@ def modules_for_depmod(basedir: str | None, version: str | None, jobs: int | Non
     else:
         raise NotFoundError(f"no modules directory for {release}",
                             str(root / "lib/modules" / release))
-    rels = select_modules(list(scan_modules(moddir)))
-    modules, errors = read_modules(moddir, rels, jobs=jobs)
+    modules, errors = read_module_files(module_files(moddir, config), jobs=jobs)
     return moddir, modules, read_order(moddir), errors
+
+
+def release_dir(basedir: str | None, version: str | None) -> Path | None:
+    """The modules directory depmod works on, or None for a snapshot."""
+    if version is not None and os.path.isfile(version) and is_snapshot(version):
+        return None
+    release = version or platform.release()
+    root = Path(basedir) if basedir else Path("/")
+    for d in ("lib/modules", "usr/lib/modules"):
+        if (root / d / release).is_dir():
+            return root / d / release
+    raise NotFoundError(f"no modules directory for {release}",
+                        str(root / "lib/modules" / release))
+
+
+def depmod_kernel_symbols(system_map: str | None, symvers: str | None
+                          ) -> list[Export] | None:
+    """The kernel's symbols as depmod -F (System.map) or -E (Module.symvers) reads them."""
+    if symvers is not None:
+        text = Path(symvers).read_text(errors="replace")
+        return vmlinux_exports(parse_symvers(text, symvers))
+    if system_map is not None:
+        text = Path(system_map).read_text(errors="replace")
+        return parse_system_map(text, system_map)
+    return None

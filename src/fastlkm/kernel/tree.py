@@ -19,6 +19,7 @@ from pathlib import Path
 from fastlkm.elf.reader import ElfFile
 from fastlkm.errors import FastlkmError, FormatError, NotFoundError
 from fastlkm.io.codecs import decompress_file
+from fastlkm.kernel.depmod_d import DepmodConfig
 from fastlkm.kernel.facts import Export, Kernel, Module
 from fastlkm.kernel.kconfig import parse_config
 from fastlkm.kernel.ksymtab import read_exports
@@ -308,14 +309,41 @@ def _scan_sub(d: str, base: str, excludes: frozenset[str],
 
 
 def select_modules(relpaths: list[str]) -> list[str]:
-    """One file per module name: the first found wins when no depmod.d search or
-    override says otherwise (depmod_module_is_higher_priority() with the default
-    'search built-in')."""
-    seen: dict[str, str] = {}
-    for r in relpaths:
-        seen.setdefault(modname(r), r)
-    chosen = set(seen.values())
-    return [r for r in relpaths if r in chosen]
+    """One file per module name with depmod's default configuration (first found wins
+    unless it is under updates/)."""
+    files = [(r, r) for r in relpaths]
+    return [p for p, _ in choose_modules(files, DepmodConfig(searches=["updates"]))]
+
+
+def choose_modules(files: list[tuple[str, str | None]], config: DepmodConfig
+                   ) -> list[tuple[str, str | None]]:
+    """One file per module name, as depmod_modules_search_file() chooses between files of
+    the same name: *files* are (path, path relative to the modules directory or None) in
+    the order found; the config's overrides and search order decide."""
+    chosen: dict[str, tuple[str, str | None]] = {}
+    for path, rel in files:
+        name = modname(path)
+        old = chosen.get(name)
+        if old is not None and config.existing_wins((old[1], old[0]), (rel, path)):
+            continue
+        chosen[name] = (path, rel)
+    keep = set(chosen.values())
+    return [f for f in files if f in keep]
+
+
+def module_files(moddir: Path, config: DepmodConfig | None = None
+                 ) -> list[tuple[str, str]]:
+    """The module files depmod takes: (full path, path as modules.dep names it: relative
+    to the modules directory, or absolute for an external directory)."""
+    config = config or DepmodConfig(searches=["updates"])
+    excludes = frozenset(config.excludes)
+    found: list[tuple[str, str | None]] = [
+        (str(moddir / r), r) for r in scan_modules(moddir, excludes)]
+    for ext in reversed(config.externals):   # depmod searches them in file order
+        d = Path(ext)
+        if d.is_dir():
+            found += [(str(d / r), None) for r in scan_modules(d, excludes)]
+    return [(p, rel if rel is not None else p) for p, rel in choose_modules(found, config)]
 
 
 def _read_one(args: tuple[str, str]) -> Module | FastlkmError:
@@ -331,8 +359,15 @@ def _read_one(args: tuple[str, str]) -> Module | FastlkmError:
 def read_modules(moddir: Path, relpaths: list[str], jobs: int | None = None,
                  progress: Callable[[int], None] | None = None
                  ) -> tuple[list[Module], list[FastlkmError]]:
-    """Read modules in parallel on the machine's cores; errors are returned, not raised."""
-    args = [(str(moddir / r), r) for r in relpaths]
+    """Read the modules at *relpaths* under *moddir* (see read_module_files())."""
+    return read_module_files([(str(moddir / r), r) for r in relpaths], jobs, progress)
+
+
+def read_module_files(args: list[tuple[str, str]], jobs: int | None = None,
+                      progress: Callable[[int], None] | None = None
+                      ) -> tuple[list[Module], list[FastlkmError]]:
+    """Read (path, shown path) module files in parallel on the machine's cores; errors are
+    returned, not raised."""
     jobs = jobs or os.cpu_count() or 1
     mods: list[Module] = []
     errors: list[FastlkmError] = []
@@ -355,3 +390,18 @@ def read_order(moddir: Path) -> list[str]:
     if not f.is_file():
         return []
     return f.read_text(errors="replace").splitlines()
+
+
+def depfile_up_to_date(moddir: Path) -> bool:
+    """depfile_up_to_date(): is modules.dep at least as new as every module file?"""
+    try:
+        mtime = int((moddir / "modules.dep").stat().st_mtime)
+    except OSError:
+        return False
+    for rel in scan_modules(moddir):
+        try:
+            if int((moddir / rel).stat().st_mtime) > mtime:
+                return False
+        except OSError:
+            continue
+    return True

@@ -98,10 +98,14 @@ def uncompressed_relpath(relpath: str) -> str:
 
 
 def build(modules: list[Module], order: list[str], kernel_exports: list[Export] | None = None,
-          kmod_compat: bool = False, sym_prefix: str = "") -> Depmod:
+          kmod_compat: bool = False, sym_prefix: str = "",
+          report: list[str] | None = None, check_symvers: bool = False,
+          moddir: str | None = None) -> Depmod:
     """Compute what depmod computes.  *modules* in the order depmod found them (readdir
     order); *order* the lines of modules.order; *kernel_exports* given as depmod's
-    -E/-F would (they only add CRCs and fake symbols: they are never dependencies)."""
+    -E/-F would (they only add CRCs and fake symbols: they are never dependencies).
+    With *report* (depmod -e), unknown symbols (and, with *check_symvers*, CRC
+    mismatches) are appended with depmod's own words; paths shown under *moddir*."""
     by_name: dict[str, DepmodMod] = {}
     for m in modules:
         dm = DepmodMod(m, m.path, modname(m.path))
@@ -145,12 +149,20 @@ def build(modules: list[Module], order: list[str], kernel_exports: list[Export] 
                 add(e.name, d, e.crc or 0, False)
     # depmod_load_dependencies()
     for d in mods:
-        for name in dependency_symbols(d.module):
+        path = d.relpath if moddir is None or d.relpath.startswith("/") else \
+            f"{moddir}/{d.relpath}"
+        for name, weak, crc in dependency_symbols_full(d.module):
             key = name[1:] if name.startswith(".") else name
             if sym_prefix and key.startswith(sym_prefix):
                 key = key[1:]
             hit = symbols.get(key)
-            if hit is None or hit[0] is None:
+            if hit is None:
+                if report is not None and not weak:
+                    report.append(f"{path} needs unknown symbol {name}")
+                continue
+            if report is not None and check_symvers and hit[1] != crc and not weak:
+                report.append(f"{path} disagrees about version of symbol {name}")
+            if hit[0] is None:
                 continue
             owner = hit[0]
             if owner not in d.deps:
@@ -164,10 +176,15 @@ def build(modules: list[Module], order: list[str], kernel_exports: list[Export] 
 def dependency_symbols(m: Module) -> list[str]:
     """kmod_elf_get_dependency_symbols(): the undefined symbols, then the __versions
     entries no undefined symbol named (module_layout)."""
-    names = [i.name for i in m.imports]
-    seen = set(names)
-    extra = [n for n, _ in m.versions if n not in seen]
-    return names + extra
+    return [n for n, _, _ in dependency_symbols_full(m)]
+
+
+def dependency_symbols_full(m: Module) -> list[tuple[str, bool, int]]:
+    """(name, weak, expected CRC or 0) of each dependency symbol, in kmod's order."""
+    out = [(i.name, i.weak, i.crc or 0) for i in m.imports]
+    seen = {i.name for i in m.imports}
+    out += [(n, False, c) for n, c in m.versions if n not in seen]
+    return out
 
 
 def _calculate_dependencies(dm: Depmod) -> None:

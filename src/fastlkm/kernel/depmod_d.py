@@ -1,0 +1,145 @@
+"""depmod.d configuration: which of several files of one module name depmod takes, which
+directories it skips, and which outside it searches (depmod.d(5), cfg_load() in kmod).
+
+Lines: ``search DIR|built-in|external...``, ``override MODULE KERNEL SUBDIR``,
+``external KERNEL DIR``, ``exclude DIR...``; ``#`` comments; KERNEL is ``*`` or an
+extended regular expression matched against the release.  Files are the ``*.conf`` of the
+configuration directories, each name taken once (the first directory wins), read in name
+order.  Entries are kept in kmod's list order: each new entry goes to the head.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_PATHS = ("/etc/depmod.d", "/run/depmod.d", "/usr/local/lib/depmod.d",
+                 "/usr/lib/depmod.d", "/lib/depmod.d")
+BUILTIN, EXTERNAL = "built-in", "external"
+
+
+@dataclass
+class DepmodConfig:
+    searches: list[str] = field(default_factory=list)     # newest first, as kmod's list
+    overrides: list[str] = field(default_factory=list)    # "SUBDIR/MODNAME", newest first
+    externals: list[str] = field(default_factory=list)    # absolute dirs, newest first
+    excludes: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+    def existing_wins(self, old: tuple[str | None, str], new: tuple[str | None, str]) -> bool:
+        """depmod_module_is_higher_priority(): does the module file found first, *old*,
+        keep its place against *new*?  Each is (path relative to the modules directory or
+        None, full path); paths are compared without their extension."""
+        (orel, opath), (nrel, npath) = old, new
+        okey, nkey = _stem(orel), _stem(nrel)
+        for ov in self.overrides:
+            if nkey == ov:
+                return False
+            if okey == ov:
+                return True
+        bprio = oprio = nprio = -1
+        ostem, nstem = _stem(opath), _stem(npath)
+        i = 0
+        for s in self.searches:
+            if s == BUILTIN:
+                bprio = i
+            elif s == EXTERNAL:
+                for ext in self.externals:
+                    if _under(nstem, ext):
+                        nprio = i
+                    if _under(ostem, ext):
+                        oprio = i
+                    i += 1
+            elif _under(nkey, s):
+                nprio = i
+            elif _under(okey, s):
+                oprio = i
+            i += 1
+        if nprio < 0:
+            nprio = bprio
+        if oprio < 0:
+            oprio = bprio
+        return nprio <= oprio
+
+
+def _stem(path: str | None) -> str | None:
+    """The path up to the module name's end: its extension dropped."""
+    if path is None:
+        return None
+    d, _, base = path.rpartition("/")
+    return (d + "/" if d else "") + base.split(".", 1)[0]
+
+
+def _under(path: str | None, prefix: str) -> bool:
+    return path is not None and len(path) > len(prefix) and path[len(prefix)] == "/" \
+        and path.startswith(prefix)
+
+
+def _kernel_matches(pattern: str, release: str) -> bool:
+    """cfg_kernel_matches(): '*', else a POSIX extended regex searched in the release."""
+    if pattern == "*":
+        return True
+    try:
+        return re.search(pattern, release) is not None
+    except re.error:
+        return False
+
+
+def config_files(paths: tuple[str, ...] | list[str]) -> list[Path]:
+    """cfg_files_list(): *.conf files (or files named directly), each name once, sorted."""
+    chosen: dict[str, Path] = {}
+    for p in paths:
+        path = Path(p)
+        if path.is_file():
+            chosen.setdefault(path.name, path)
+            continue
+        if not path.is_dir():
+            continue
+        for e in os.scandir(path):
+            if e.name.startswith(".") or not e.name.endswith(".conf") or len(e.name) < 6:
+                continue
+            if e.is_dir():
+                continue
+            chosen.setdefault(e.name, Path(e.path))
+    return [chosen[n] for n in sorted(chosen, key=lambda n: n.encode())]
+
+
+def load_config(release: str, paths: tuple[str, ...] | list[str] | None = None
+                ) -> DepmodConfig:
+    cfg = DepmodConfig()
+    for f in config_files(list(paths) if paths is not None else list(DEFAULT_PATHS)):
+        try:
+            text = f.read_text(errors="replace")
+        except OSError as e:
+            cfg.messages.append(f"{f}: {e.strerror}")
+            continue
+        # freadline_wrapped(): a trailing backslash continues the line
+        text = text.replace("\\\n", "")
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line or line.startswith("#"):
+                continue
+            words = line.split()
+            if not words:
+                continue
+            cmd, args = words[0], words[1:]
+            if cmd == "search":
+                for a in args:
+                    cfg.searches.insert(0, a)
+            elif cmd == "override" and len(args) >= 3:
+                if _kernel_matches(args[1], release):
+                    cfg.overrides.insert(0, f"{args[2]}/{args[0]}")
+            elif cmd == "external" and len(args) >= 2:
+                if _kernel_matches(args[0], release):
+                    cfg.externals.insert(0, args[1])
+            elif cmd == "exclude":
+                for a in args:
+                    cfg.excludes.insert(0, a)
+            elif cmd in ("include", "make_map_files"):
+                cfg.messages.append(f"{f}:{n}: command {cmd} not implemented yet")
+            else:
+                cfg.messages.append(f"{f}:{n}: ignoring bad line starting with '{cmd}'")
+    if not cfg.searches:
+        cfg.searches.append("updates")
+    return cfg
