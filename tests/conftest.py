@@ -94,3 +94,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         import json
 
         Path(out).write_text(json.dumps(_RAN))
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory,
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read or fill the user's fastlkm cache; each test has its own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))

@@ -126,6 +126,7 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_depmod(a: argparse.Namespace) -> int:
+    from fastlkm.io.cache import save_outputs
     from fastlkm.kernel.depmod_d import load_config
     from fastlkm.kernel.tree import depfile_up_to_date
     from fastlkm.outputs.depmod import build, depmod_files
@@ -136,8 +137,13 @@ def cmd_depmod(a: argparse.Namespace) -> int:
     if a.quick and moddir is not None and depfile_up_to_date(moddir):
         return 0
     config = load_config(moddir.name, a.config) if moddir is not None else None
+    warm = depmod_warm_outputs(moddir, config, a) if not a.no_cache else None
+    if warm is not None and warm[1] is not None and not a.show:
+        write_outputs(Path(a.output) if a.output else moddir, warm[1])  # type: ignore[arg-type]
+        return 0
     moddir, modules, order, errors = modules_for_depmod(a.basedir, a.version, jobs=a.jobs,
-                                                        config=config)
+                                                        config=config,
+                                                        use_cache=not a.no_cache)
     for e in errors:
         _note(f"error: {e}")
     if a.errsyms and not (a.filesyms or a.symvers):
@@ -170,7 +176,27 @@ def cmd_depmod(a: argparse.Namespace) -> int:
     if out is None:
         raise UsageError("a snapshot has no modules directory: give --output DIR")
     write_outputs(out, files)
+    if warm is not None and not errors and moddir is not None:
+        save_outputs(str(moddir.resolve()), warm[0], files)
     return EXIT_ERROR if errors else 0
+
+
+def depmod_warm_outputs(moddir: Path | None, config: object, a: argparse.Namespace
+                        ) -> tuple[str, dict[str, bytes] | None] | None:
+    """The key of this depmod run (every module file's key, the configuration, the
+    options, fastlkm's version) and the outputs a previous identical run wrote, if any."""
+    from fastlkm.io.cache import file_key, load_outputs, outputs_key
+    from fastlkm.kernel.tree import module_files
+
+    if moddir is None or a.errsyms or a.warn:
+        return None
+    files = module_files(moddir, config)  # type: ignore[arg-type]
+    inputs = [(p, shown, file_key(p)) for p, shown in files]
+    extra = [(n, file_key(str(moddir / n))) for n in
+             ("modules.order", "modules.builtin", "modules.builtin.modinfo")]
+    key = outputs_key([__version__, inputs, extra, config, a.kmod_compat, a.filesyms,
+                       a.symvers])
+    return key, load_outputs(str(moddir.resolve()), key)
 
 
 # --- snapshot -------------------------------------------------------------------------
@@ -335,6 +361,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("-E", "--symvers", metavar="Module.symvers",
                    help="the kernel's symbols and CRCs, from Module.symvers")
     d.add_argument("-w", "--warn", action="store_true", help="warn on duplicates")
+    d.add_argument("--no-cache", action="store_true",
+                   help="neither use nor update the cache of module facts and outputs "
+                        "($XDG_CACHE_HOME/fastlkm)")
     d.add_argument("-C", "--config", action="append",
                    help="read depmod.d configuration from this file or directory")
     d.add_argument("--kmod-compat", nargs="?", const="34", choices=["30", "34"],

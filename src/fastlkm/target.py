@@ -9,10 +9,10 @@ import platform
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from fastlkm.errors import FastlkmError, NotFoundError
+from fastlkm.io.cache import FactsCache
 from fastlkm.kernel.depmod_d import DepmodConfig
 from fastlkm.kernel.facts import Export, Kernel, Module
 from fastlkm.kernel.symvers import parse_symvers, vmlinux_exports
@@ -50,6 +50,8 @@ class System:
 
 
 def shipped_snapshot() -> Path:
+    from importlib import resources  # costly to import; most runs never need it
+
     return Path(str(resources.files("fastlkm") / "data" / SHIPPED_SNAPSHOT))
 
 
@@ -118,7 +120,7 @@ def to_snapshot(system: System) -> Snapshot:
 
 
 def modules_for_depmod(basedir: str | None, version: str | None, jobs: int | None = None,
-                       config: DepmodConfig | None = None
+                       config: DepmodConfig | None = None, use_cache: bool = False
                        ) -> tuple[Path | None, list[Module], list[str], list[FastlkmError]]:
     """What depmod reads: ``BASEDIR/lib/modules/VERSION`` (or ``usr/lib/modules``), or the
     modules of a snapshot.  The kernel's own exports are not needed."""
@@ -134,7 +136,8 @@ def modules_for_depmod(basedir: str | None, version: str | None, jobs: int | Non
     else:
         raise NotFoundError(f"no modules directory for {release}",
                             str(root / "lib/modules" / release))
-    modules, errors = read_module_files(module_files(moddir, config), jobs=jobs)
+    cache = FactsCache(str(moddir.resolve())) if use_cache else None
+    modules, errors = read_module_files(module_files(moddir, config), jobs=jobs, cache=cache)
     return moddir, modules, read_order(moddir), errors
 
 

@@ -12,12 +12,12 @@ import contextlib
 import os
 import platform
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastlkm.elf.reader import ElfFile
 from fastlkm.errors import FastlkmError, FormatError, NotFoundError
+from fastlkm.io.cache import FactsCache, file_key
 from fastlkm.io.codecs import decompress_file
 from fastlkm.kernel.depmod_d import DepmodConfig
 from fastlkm.kernel.facts import Export, Kernel, Module
@@ -364,23 +364,39 @@ def read_modules(moddir: Path, relpaths: list[str], jobs: int | None = None,
 
 
 def read_module_files(args: list[tuple[str, str]], jobs: int | None = None,
-                      progress: Callable[[int], None] | None = None
+                      progress: Callable[[int], None] | None = None,
+                      cache: FactsCache | None = None
                       ) -> tuple[list[Module], list[FastlkmError]]:
     """Read (path, shown path) module files in parallel on the machine's cores; errors are
-    returned, not raised."""
+    returned, not raised.  With a *cache*, files whose key is unchanged are not read."""
+    results: list[Module | FastlkmError | None] = [None] * len(args)
+    todo: list[int] = []
+    keys = [file_key(p) for p, _ in args] if cache is not None else []
+    for i, (path, shown) in enumerate(args):
+        m = cache.get(path, keys[i]) if cache is not None else None
+        if m is not None and m.path == shown:
+            results[i] = m
+        else:
+            todo.append(i)
+    work = [args[i] for i in todo]
     jobs = jobs or os.cpu_count() or 1
-    mods: list[Module] = []
-    errors: list[FastlkmError] = []
-    if jobs <= 1 or len(args) < 16:
-        results = map(_read_one, args)
-        for r in results:
-            (errors if isinstance(r, FastlkmError) else mods).append(r)
-        return mods, errors
-    with ProcessPoolExecutor(max_workers=jobs) as ex:
-        for r in ex.map(_read_one, args, chunksize=max(1, len(args) // (jobs * 8))):
-            (errors if isinstance(r, FastlkmError) else mods).append(r)
-            if progress:
-                progress(1)
+    if jobs <= 1 or len(work) < 16:
+        done = list(map(_read_one, work))
+    else:
+        from concurrent.futures import ProcessPoolExecutor  # only when there is work to share
+
+        with ProcessPoolExecutor(max_workers=jobs) as ex:
+            done = list(ex.map(_read_one, work, chunksize=max(1, len(work) // (jobs * 8))))
+    for i, r in zip(todo, done, strict=True):
+        results[i] = r
+        if cache is not None and isinstance(r, Module):
+            cache.put(args[i][0], keys[i], r)
+    if progress:
+        progress(len(args))
+    mods = [r for r in results if isinstance(r, Module)]
+    errors = [r for r in results if isinstance(r, FastlkmError)]
+    if cache is not None:
+        cache.save()
     return mods, errors
 
 

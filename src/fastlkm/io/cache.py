@@ -1,0 +1,109 @@
+"""A persistent cache under ``$XDG_CACHE_HOME/fastlkm`` (default ``~/.cache/fastlkm``).
+
+Two levels, both keyed by what the files are, so that a changed module is never served
+stale: per module file its facts, keyed by (size, mtime, ctime, inode, device); and per
+depmod run its output files, keyed by a digest of every module file's key, the
+configuration and the options.  A cache file that cannot be read is a miss, never an
+error; writes are atomic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+from fastlkm.io.atomic import atomic_write
+
+FORMAT = 1
+FileKey = tuple[int, int, int, int, int]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                            ".cache")
+    return Path(base) / "fastlkm"
+
+
+def file_key(path: str) -> FileKey | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def _name(kind: str, ident: str) -> Path:
+    h = hashlib.sha256(ident.encode()).hexdigest()[:24]
+    return cache_dir() / f"{kind}-{h}.pickle"
+
+
+def _load(path: Path) -> object | None:
+    try:
+        with open(path, "rb") as f:
+            doc = pickle.load(f)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError,
+            TypeError, ImportError, IndexError):
+        return None
+    if not isinstance(doc, tuple) or len(doc) != 2 or doc[0] != FORMAT:
+        return None
+    return doc[1]
+
+
+def _save(path: Path, value: object) -> None:
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, pickle.dumps((FORMAT, value), protocol=pickle.HIGHEST_PROTOCOL),
+                     0o600)
+
+
+class FactsCache:
+    """Facts read from the files of one directory (fastlkm keeps modules' facts here),
+    by file path; a value is served only while its file's key is unchanged."""
+
+    def __init__(self, ident: str):
+        self.path = _name("facts", ident)
+        loaded = _load(self.path)
+        self.entries: dict[str, tuple[FileKey, Any]] = \
+            loaded if isinstance(loaded, dict) else {}
+        self.fresh: dict[str, tuple[FileKey, Any]] = {}
+        self.hits = 0
+
+    def get(self, path: str, key: FileKey | None) -> Any:
+        e = self.entries.get(path)
+        if e is not None and key is not None and e[0] == key:
+            self.fresh[path] = e
+            self.hits += 1
+            return e[1]
+        return None
+
+    def put(self, path: str, key: FileKey | None, value: Any) -> None:
+        if key is not None:
+            self.fresh[path] = (key, value)
+
+    def save(self) -> None:
+        """Keep what this run saw (files gone from the tree drop out)."""
+        if self.fresh != self.entries:
+            _save(self.path, self.fresh)
+
+
+def outputs_key(parts: list[object]) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(repr(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def load_outputs(ident: str, key: str) -> dict[str, bytes] | None:
+    got = _load(_name("outputs", ident))
+    if isinstance(got, tuple) and len(got) == 2 and got[0] == key and isinstance(got[1], dict):
+        return got[1]
+    return None
+
+
+def save_outputs(ident: str, key: str, files: dict[str, bytes]) -> None:
+    _save(_name("outputs", ident), (key, files))
