@@ -5,8 +5,9 @@ Usage: benchmarks/depmod.py [--runs N] [--json FILE] [KERNEL...]
 
 Each tree of the corpus (scripts/corpus.py) gets a shadow root whose modules directory
 links to the real files, so both tools read the same bytes and write their own outputs.
-Runs alternate between the tools; the table gives the median wall time of each, the
-ratio fastlkm/kmod (below 1 is faster), and the peak resident memory of each.
+Runs alternate between kmod, fastlkm cold (an empty cache directory every run) and
+fastlkm warm (the cache a previous run left); the table gives the median wall time of
+each, the ratios fastlkm/kmod (below 1 is faster) and the peak resident memory.
 """
 
 from __future__ import annotations
@@ -47,12 +48,12 @@ def shadow(root: Path, release: str, dest: Path) -> Path:
     return dest
 
 
-def timed(cmd: list[str]) -> tuple[float, int]:
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB, the largest process of the run) of *cmd*."""
     with tempfile.NamedTemporaryFile("r") as f:
         t = time.perf_counter()
         subprocess.run(["/usr/bin/time", "-f", "%M", "-o", f.name, *cmd], check=True,
-                       stdout=subprocess.DEVNULL)
+                       stdout=subprocess.DEVNULL, env=env)
         wall = time.perf_counter() - t
         return wall, int(f.read().split()[-1])
 
@@ -79,32 +80,46 @@ def main() -> int:
     depmod = shutil.which("depmod") or sys.exit("kmod's depmod is not installed")
     rows = []
     print(f"machine: {machine()}")
-    print(f"{'tree':18} {'modules':>7} {'kmod s':>8} {'fastlkm s':>9} {'ratio':>6} "
-          f"{'kmod MiB':>8} {'fastlkm MiB':>11}")
+    print(f"{'tree':18} {'modules':>7} {'kmod s':>7} {'cold s':>7} {'warm s':>7} "
+          f"{'cold/kmod':>9} {'warm/kmod':>9} {'kmod MiB':>8} {'cold MiB':>8} {'warm MiB':>8}")
     for name in a.kernels:
         root, release = corpus.fetch(name)
         with tempfile.TemporaryDirectory() as tmp:
             sh = shadow(root, release, Path(tmp) / "root")
             out = Path(tmp) / "out"
-            k_times, f_times, k_mem, f_mem = [], [], [], []
-            for _ in range(a.runs):
-                w, m = timed([depmod, "-b", str(sh), release])
-                k_times.append(w)
-                k_mem.append(m)
-                w, m = timed([fastlkm, "depmod", "-b", str(sh), release, "--kmod-compat",
-                              "-o", str(out)])
-                f_times.append(w)
-                f_mem.append(m)
+            cache = Path(tmp) / "cache"
+            warm_env = {**os.environ, "XDG_CACHE_HOME": str(cache / "warm")}
+            ours = [fastlkm, "depmod", "-b", str(sh), release, "--kmod-compat=30", "-o",
+                    str(out)]
+            subprocess.run(ours, check=True, env=warm_env)   # fills the warm cache
+            t: dict[str, list[float]] = {"kmod": [], "cold": [], "warm": []}
+            m: dict[str, list[int]] = {"kmod": [], "cold": [], "warm": []}
+            for i in range(a.runs):
+                w, k = timed([depmod, "-b", str(sh), release])
+                t["kmod"].append(w)
+                m["kmod"].append(k)
+                cold_env = {**os.environ, "XDG_CACHE_HOME": str(cache / f"cold{i}")}
+                w, k = timed(ours, cold_env)
+                t["cold"].append(w)
+                m["cold"].append(k)
+                w, k = timed(ours, warm_env)
+                t["warm"].append(w)
+                m["warm"].append(k)
             same = all((out / f).read_bytes() == (sh / "lib/modules" / release / f).read_bytes()
-                       for f in ("modules.dep", "modules.symbols"))
+                       for f in ("modules.dep", "modules.symbols", "modules.dep.bin",
+                                 "modules.alias.bin", "modules.symbols.bin"))
             nmods = (out / "modules.dep").read_text().count("\n")
-        k, f = statistics.median(k_times), statistics.median(f_times)
-        row = {"tree": name, "release": release, "modules": nmods, "kmod_s": k,
-               "fastlkm_s": f, "ratio": f / k, "kmod_peak_kib": max(k_mem),
-               "fastlkm_peak_kib": max(f_mem), "identical": same, "runs": a.runs}
+        med = {k: statistics.median(v) for k, v in t.items()}
+        row = {"tree": name, "release": release, "modules": nmods, "runs": a.runs,
+               "kmod_s": med["kmod"], "cold_s": med["cold"], "warm_s": med["warm"],
+               "cold_ratio": med["cold"] / med["kmod"], "warm_ratio": med["warm"] / med["kmod"],
+               "kmod_peak_kib": max(m["kmod"]), "cold_peak_kib": max(m["cold"]),
+               "warm_peak_kib": max(m["warm"]), "identical": same}
         rows.append(row)
-        print(f"{name:18} {nmods:7} {k:8.2f} {f:9.2f} {f / k:6.2f} {max(k_mem) / 1024:8.0f} "
-              f"{max(f_mem) / 1024:11.0f}" + ("" if same else "  OUTPUT DIFFERS"))
+        print(f"{name:18} {nmods:7} {med['kmod']:7.2f} {med['cold']:7.2f} {med['warm']:7.2f} "
+              f"{row['cold_ratio']:9.2f} {row['warm_ratio']:9.2f} "
+              f"{max(m['kmod']) / 1024:8.0f} {max(m['cold']) / 1024:8.0f} "
+              f"{max(m['warm']) / 1024:8.0f}" + ("" if same else "  OUTPUT DIFFERS"))
     if a.json:
         Path(a.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
     return 0 if all(r["identical"] for r in rows) else 1
