@@ -76,8 +76,19 @@ def main() -> int:
     ap.add_argument("--json")
     ap.add_argument("kernels", nargs="*", default=list(corpus.KERNELS))
     a = ap.parse_args()
-    fastlkm = shutil.which("fastlkm") or sys.exit("fastlkm is not installed")
+    # the entry script beside this Python (a version manager's shim would add its own
+    # start-up to every run)
+    here = Path(sys.executable).parent / "fastlkm"
+    fastlkm = str(here) if here.exists() else shutil.which("fastlkm")
+    if fastlkm is None:
+        sys.exit("fastlkm is not installed")
     depmod = shutil.which("depmod") or sys.exit("kmod's depmod is not installed")
+    # byte-compile fastlkm once, so that no run pays for compiling its sources (this
+    # machine sets PYTHONDONTWRITEBYTECODE; an installed package has its .pyc)
+    import fastlkm as package
+
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(package.__file__).parent)],
+                   check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})
     rows = []
     print(f"machine: {machine()}")
     print(f"{'tree':18} {'modules':>7} {'kmod s':>7} {'cold s':>7} {'warm s':>7} "

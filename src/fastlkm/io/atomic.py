@@ -8,10 +8,12 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
+def atomic_write(path: Path, data: bytes, mode: int | None = None,
+                 sync_dir: bool = True) -> None:
     """Replace *path* with *data* so that a crash leaves the old or the new file whole.
 
-    The mode of an existing file is kept unless *mode* is given (else 0644)."""
+    The mode of an existing file is kept unless *mode* is given (else 0644).  A caller
+    writing several files into one directory may sync it once itself (sync_directory())."""
     path = Path(path)
     d = path.parent
     if mode is None:
@@ -31,6 +33,12 @@ def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    if sync_dir:
+        sync_directory(d)
+
+
+def sync_directory(d: Path) -> None:
+    """Make the renames into *d* durable."""
     dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)

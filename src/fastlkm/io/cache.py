@@ -2,17 +2,18 @@
 
 Two levels, both keyed by what the files are, so that a changed module is never served
 stale: per module file its facts, keyed by (size, mtime, ctime, inode, device); and per
-depmod run its output files, keyed by a digest of every module file's key, the
-configuration and the options.  A cache file that cannot be read is a miss, never an
+depmod run its output files, keyed by every module file's key, the configuration and the
+options.  A cache file that cannot be read is a miss, never an
 error; writes are atomic.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import pickle
+import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,10 @@ def file_key(path: str) -> FileKey | None:
 
 
 def _name(kind: str, ident: str) -> Path:
-    h = hashlib.sha256(ident.encode()).hexdigest()[:24]
-    return cache_dir() / f"{kind}-{h}.pickle"
+    """One file per kind and directory: its name readable, its CRC for uniqueness (the
+    directory itself is stored inside and checked on load)."""
+    tail = re.sub(r"[^A-Za-z0-9.+-]+", "_", ident)[-48:]
+    return cache_dir() / f"{kind}-{zlib.crc32(ident.encode()):08x}-{tail}.pickle"
 
 
 def _load(path: Path) -> object | None:
@@ -67,8 +70,10 @@ class FactsCache:
     def __init__(self, ident: str):
         self.path = _name("facts", ident)
         loaded = _load(self.path)
+        self.ident = ident
         self.entries: dict[str, tuple[FileKey, Any]] = \
-            loaded if isinstance(loaded, dict) else {}
+            loaded[1] if isinstance(loaded, tuple) and len(loaded) == 2 and \
+            loaded[0] == ident and isinstance(loaded[1], dict) else {}
         self.fresh: dict[str, tuple[FileKey, Any]] = {}
         self.hits = 0
 
@@ -87,23 +92,22 @@ class FactsCache:
     def save(self) -> None:
         """Keep what this run saw (files gone from the tree drop out)."""
         if self.fresh != self.entries:
-            _save(self.path, self.fresh)
+            _save(self.path, (self.ident, self.fresh))
 
 
 def outputs_key(parts: list[object]) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(repr(p).encode())
-        h.update(b"\0")
-    return h.hexdigest()
+    """What a run's outputs depend on, as one comparable value (kept whole, not hashed:
+    a digest would cost more to compute than the comparison)."""
+    return repr(parts)
 
 
 def load_outputs(ident: str, key: str) -> dict[str, bytes] | None:
     got = _load(_name("outputs", ident))
-    if isinstance(got, tuple) and len(got) == 2 and got[0] == key and isinstance(got[1], dict):
-        return got[1]
+    if isinstance(got, tuple) and len(got) == 3 and got[0] == ident and got[1] == key \
+            and isinstance(got[2], dict):
+        return got[2]
     return None
 
 
 def save_outputs(ident: str, key: str, files: dict[str, bytes]) -> None:
-    _save(_name("outputs", ident), (key, files))
+    _save(_name("outputs", ident), (ident, key, files))

@@ -295,6 +295,7 @@ def _scan_sub(d: str, base: str, excludes: frozenset[str],
         entries = list(os.scandir(d))
     except OSError:
         return
+    prefix = d[len(base) + 1:] + "/" if d != base else ""
     for e in entries:
         if e.name in EXCLUDED_DIRS or e.name in excludes:
             continue
@@ -303,7 +304,7 @@ def _scan_sub(d: str, base: str, excludes: frozenset[str],
                 yield from _scan_sub(e.path, base, excludes, seen)
                 continue
             if is_module_path(e.name) and e.is_file():
-                yield os.path.relpath(e.path, base)
+                yield prefix + e.name
         except OSError:
             continue
 
