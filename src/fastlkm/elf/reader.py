@@ -8,7 +8,6 @@ the section headers are read up front; symbols and relocations when asked for.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
@@ -32,8 +31,7 @@ from fastlkm.elf.structs import (
 from fastlkm.errors import FormatError
 
 
-@dataclass(frozen=True, slots=True)
-class Section:
+class Section(NamedTuple):
     index: int
     name: str
     type: int
@@ -181,39 +179,59 @@ class ElfFile:
         return None
 
     @cached_property
-    def symbols(self) -> list[Symbol]:
-        """Every entry of the symbol table (index 0 included), names decoded."""
+    def _symtab(self) -> tuple[list[tuple[int, ...]], bytes]:
+        """The symbol table as (st_name, st_info, st_other, st_shndx, st_value, st_size)
+        tuples, and its string table; names are decoded only when asked for."""
         sec = self.symtab
         if sec is None:
-            return []
+            return [], b""
         lay = self.layout
         if sec.size % lay.sym.size:
             raise self.error(f".symtab size {sec.size} is not a multiple of {lay.sym.size}",
                              sec.offset)
-        strsec = self.section_by_index(sec.link)
-        strtab = self.section_data(strsec)
-        nstr = len(strtab)
+        strtab = self.section_data(self.section_by_index(sec.link))
         data = self.data[sec.offset:sec.offset + sec.size]
-        out: list[Symbol] = []
-        append = out.append
-        find = strtab.find
         if lay.is64:
-            for i, (name, info, other, shndx, value, size) in enumerate(lay.sym.iter_unpack(data)):
-                if name >= nstr and name:
-                    raise self.error(f"symbol {i} name offset {name} out of bounds",
-                                     sec.offset + i * lay.sym.size)
-                end = find(b"\0", name)
-                s = strtab[name:end if end >= 0 else nstr].decode("utf-8", "replace")
-                append(Symbol(i, s, value, size, info, other, shndx))
+            raw = list(lay.sym.iter_unpack(data))
         else:
-            for i, (name, value, size, info, other, shndx) in enumerate(lay.sym.iter_unpack(data)):
-                if name >= nstr and name:
-                    raise self.error(f"symbol {i} name offset {name} out of bounds",
-                                     sec.offset + i * lay.sym.size)
-                end = find(b"\0", name)
-                s = strtab[name:end if end >= 0 else nstr].decode("utf-8", "replace")
-                append(Symbol(i, s, value, size, info, other, shndx))
-        return out
+            raw = [(n, i, o, x, v, z) for n, v, z, i, o, x in lay.sym.iter_unpack(data)]
+        nstr = len(strtab)
+        if raw and max(t[0] for t in raw) >= max(nstr, 1):
+            bad = next(i for i, t in enumerate(raw) if t[0] >= nstr and t[0])
+            raise self.error(f"symbol {bad} name offset {raw[bad][0]} out of bounds",
+                             sec.offset + bad * lay.sym.size)
+        return raw, strtab
+
+    @property
+    def nsymbols(self) -> int:
+        return len(self._symtab[0])
+
+    def symbol(self, i: int) -> Symbol:
+        """Symbol *i* of the symbol table, its name decoded."""
+        raw, strtab = self._symtab
+        name, info, other, shndx, value, size = raw[i]
+        end = strtab.find(b"\0", name)
+        s = strtab[name:end if end >= 0 else len(strtab)].decode("utf-8", "replace")
+        return Symbol(i, s, value, size, info, other, shndx)
+
+    def symbols_where(self, *, shndx: int | None = None, prefix: bytes | None = None
+                      ) -> list[Symbol]:
+        """The symbols (index 0 excluded) in section *shndx* and/or whose name starts with
+        *prefix*, without decoding the others' names."""
+        raw, strtab = self._symtab
+        sw = strtab.startswith
+        if prefix is None:
+            idx = [i for i, t in enumerate(raw) if t[3] == shndx]
+        elif shndx is None:
+            idx = [i for i, t in enumerate(raw) if sw(prefix, t[0])]
+        else:
+            idx = [i for i, t in enumerate(raw) if t[3] == shndx and sw(prefix, t[0])]
+        return [self.symbol(i) for i in idx if i]
+
+    @cached_property
+    def symbols(self) -> list[Symbol]:
+        """Every entry of the symbol table (index 0 included), names decoded."""
+        return [self.symbol(i) for i in range(self.nsymbols)]
 
     def symbol_section(self, sym: Symbol) -> Section | None:
         """The section a defined symbol lives in (None for undefined/absolute/common)."""
@@ -257,13 +275,14 @@ class ElfFile:
 
     def relocations_for(self, target: Section) -> dict[int, tuple[Symbol, int]]:
         """Map offset within *target* -> (symbol, addend), addend read in place for REL."""
-        syms = self.symbols
+        nsyms = self.nsymbols
+        cache: dict[int, Symbol] = {}
         tdata = self.section_data(target)
         out: dict[int, tuple[Symbol, int]] = {}
         word = self.layout.u32
         for rsec in self.relocation_sections(target):
             for r in self.relocations(rsec):
-                if r.sym >= len(syms):
+                if r.sym >= nsyms:
                     raise self.error(f"{rsec.name}: relocation symbol {r.sym} out of range",
                                      rsec.offset)
                 if r.addend is None:
@@ -275,5 +294,8 @@ class ElfFile:
                         addend -= 1 << 32
                 else:
                     addend = r.addend
-                out[r.offset] = (syms[r.sym], addend)
+                sym = cache.get(r.sym)
+                if sym is None:
+                    sym = cache[r.sym] = self.symbol(r.sym)
+                out[r.offset] = (sym, addend)
         return out

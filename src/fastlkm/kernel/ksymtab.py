@@ -75,8 +75,7 @@ def table_entries(elf: ElfFile, sec: Section, strings: Section | None = None
 
 def _entry_size_from_symbols(elf: ElfFile, sec: Section) -> int | None:
     """The stride of a module's table, from its ``__ksymtab_<name>`` labels."""
-    offs = sorted({s.value for s in elf.symbols
-                   if s.shndx == sec.index and s.name.startswith("__ksymtab_")})
+    offs = sorted({s.value for s in elf.symbols_where(shndx=sec.index, prefix=b"__ksymtab_")})
     if len(offs) < 2:
         return None
     g = 0
@@ -201,7 +200,7 @@ def kmod_symbols(elf: ElfFile) -> list[str]:
     kmod takes the ``__crc_<name>`` symbols when the module has any, else every string of
     ``__ksymtab_strings``, which on Linux 5.4+ also holds the namespace strings.
     """
-    crc = [s.name[6:] for s in elf.symbols[1:] if s.name.startswith("__crc_")]
+    crc = [s.name[6:] for s in elf.symbols_where(prefix=b"__crc_")]
     if crc:
         return crc
     sec = elf.section("__ksymtab_strings")

@@ -49,14 +49,11 @@ def parse_module(data: bytes, path: str, relpath: str | None = None) -> Module:
         crc_of.setdefault(n, c)
     sparc = elf.machine in (EM_SPARC, EM_SPARCV9)
     imports = []
-    common = []
-    for s in elf.symbols[1:]:
-        if s.shndx == SHN_UNDEF:
-            if not s.name or (sparc and s.type == STT_SPARC_REGISTER):
-                continue
-            imports.append(Import(s.name, s.bind == STB_WEAK, crc_of.get(s.name)))
-        elif s.shndx == SHN_COMMON:
-            common.append(s.name)
+    for s in elf.symbols_where(shndx=SHN_UNDEF):
+        if not s.name or (sparc and s.type == STT_SPARC_REGISTER):
+            continue
+        imports.append(Import(s.name, s.bind == STB_WEAK, crc_of.get(s.name)))
+    common = [s.name for s in elf.symbols_where(shndx=SHN_COMMON)]
     ks = kmod_symbols(elf)
     names = {e.name for e in exports}
     return Module(
