@@ -246,6 +246,8 @@ def modules_symbols(dm: Depmod) -> bytes:
 
 def alias_normalize(alias: str) -> str | None:
     """alias_normalize(): '-' -> '_' outside [...] ranges; None on an unmatched bracket."""
+    if "[" not in alias and "]" not in alias:
+        return alias.replace("-", "_")
     out = []
     i = 0
     while i < len(alias):

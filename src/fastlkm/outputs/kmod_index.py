@@ -139,11 +139,21 @@ def _write_post_order(root: Node) -> bytes:
     return bytes(out)
 
 
+def _own_size(n: Node) -> int:
+    """The bytes _node_body() writes for *n*."""
+    size = len(n.prefix) + 1 if n.prefix else 0
+    if n.children:
+        size += 2 + 4 * (n.last - n.first + 1)
+    if n.values:
+        size += 4 + sum(4 + len(v) + 1 for _, v in n.values)
+    return size
+
+
 def _write_pre_order(root: Node) -> bytes:
     sizes: dict[int, tuple[int, int]] = {}   # id(node) -> (own size, total size)
 
     def size(n: Node) -> int:
-        own = len(_node_body(n, [0] * (n.last - n.first + 1) if n.children else []))
+        own = _own_size(n)
         total = own + sum(size(c) for c in n.children.values())
         sizes[id(n)] = (own, total)
         return total
