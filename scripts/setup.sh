@@ -19,8 +19,10 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then apt_install pytho
 if ! command -v gcc >/dev/null; then apt_install gcc python3-dev; fi
 if [ "$want_tests" = test ]; then
     # kmod is the oracle; qemu, busybox and cpio boot the real kernel; binutils' readelf
-    # checks the ELF reader; xz/zstd/lz4 make test data; dpkg-dev gives apt-get download
-    apt_install kmod qemu-system-x86 busybox-static cpio binutils xz-utils zstd lz4 dpkg-dev time
+    # checks the ELF reader and writer; xz/zstd/lz4 make test data; dpkg-dev gives apt-get
+    # download; libc6-dev builds the static finit_module helper; openssl re-signs modules
+    apt_install kmod qemu-system-x86 busybox-static cpio binutils xz-utils zstd lz4 dpkg-dev time \
+        libc6-dev openssl
 fi
 if [ ! -x "$here/.venv/bin/python" ]; then python3 -m venv "$here/.venv"; fi
 "$here/.venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true

@@ -9,6 +9,10 @@ message together with the kernel log.
 The kernel console stays on the first serial port; ``/init`` writes its results to the
 second one, a file, so kernel messages never interleave with them.
 
+With ``kernel_decompress`` the modules stay compressed and a small static helper (built
+with gcc) loads each with ``finit_module(fd, "", MODULE_INIT_COMPRESSED_FILE)``, so the
+kernel's own decompressor (CONFIG_MODULE_DECOMPRESS) reads them.
+
 Trap: busybox's insmod tries ``finit_module`` first and, on any failure, loads the
 module a second time with ``init_module``; a module that fails therefore leaves its
 kernel messages in the log twice.
@@ -114,7 +118,39 @@ def newc_archive(entries: Sequence[tuple[str, int, bytes, int]]) -> bytes:
     return bytes(out)
 
 
-def _init_script(count: int) -> str:
+# finit_module() with MODULE_INIT_COMPRESSED_FILE (include/uapi/linux/module.h): what
+# kmod's insmod does for a compressed module when the kernel decompresses in-kernel
+_FINIT_SOURCE = r"""
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv)
+{
+    int fd = open(argv[1], O_RDONLY | O_CLOEXEC);
+    if (fd < 0) { perror(argv[1]); return 1; }
+    if (syscall(SYS_finit_module, fd, "", 4)) {
+        fprintf(stderr, "finit_module: %s\n", strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+"""
+
+
+def build_finit_helper(directory: Path) -> Path:
+    """A static binary that loads one compressed module file, built with gcc."""
+    src = directory / "finit.c"
+    out = directory / "finit"
+    src.write_text(_FINIT_SOURCE)
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(src)], check=True,
+                   capture_output=True)
+    return out
+
+
+def _init_script(count: int, loader: str = "insmod") -> str:
     lines = [
         "#!/bin/busybox sh",
         "/bin/busybox --install -s /bin",
@@ -125,7 +161,7 @@ def _init_script(count: int) -> str:
         "dmesg -n 1",
         "exec 3>/dev/ttyS1",
         "load() {",
-        '    out=$(insmod "/modules/$1.ko" 2>&1)',
+        f'    out=$({loader} "/modules/$1.ko" 2>&1)',
         "    echo \"@@INSMOD $1 status=$?\" >&3",
         '    [ -n "$out" ] && echo "$out" >&3',
         "    echo \"@@END $1\" >&3",
@@ -142,16 +178,25 @@ def _init_script(count: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_initramfs(modules: Sequence[Path]) -> bytes:
-    """The gzip-compressed initramfs that loads *modules* in order (names 000.ko, ...)."""
+def build_initramfs(modules: Sequence[Path], finit: Path | None = None) -> bytes:
+    """The gzip-compressed initramfs that loads *modules* in order (names 000.ko, ...);
+    with *finit* (build_finit_helper()) they stay compressed and the kernel decompresses
+    them."""
     entries: list[tuple[str, int, bytes, int]] = [
         (d, 0o040755, b"", 0) for d in ("bin", "dev", "proc", "sys", "modules")
     ]
     entries.append(("dev/console", 0o020600, b"", 5 << 8 | 1))  # init's stdio before devtmpfs
     entries.append(("bin/busybox", 0o100755, BUSYBOX.read_bytes(), 0))
-    entries.append(("init", 0o100755, _init_script(len(modules)).encode(), 0))
+    loader = "insmod"
+    if finit is not None:
+        entries.append(("bin/finit", 0o100755, finit.read_bytes(), 0))
+        loader = "/bin/finit"
+    entries.append(("init", 0o100755, _init_script(len(modules), loader).encode(), 0))
     for i, m in enumerate(modules):
-        entries.append((f"modules/{i:03d}.ko", 0o100644, decompress_module(m.read_bytes()), 0))
+        data = m.read_bytes()
+        if finit is None:
+            data = decompress_module(data)
+        entries.append((f"modules/{i:03d}.ko", 0o100644, data, 0))
     return gzip.compress(newc_archive(entries), compresslevel=1)
 
 
@@ -181,17 +226,19 @@ def missing_tools() -> str | None:
 
 
 def boot_and_insmod(vmlinuz: Path, modules: Sequence[Path], *, timeout: float = 180,
-                    memory_mb: int = 768) -> BootResult:
+                    memory_mb: int = 768, kernel_decompress: bool = False) -> BootResult:
     """Boot *vmlinuz*, ``insmod`` each of *modules* in order, and return what happened.
 
-    Modules may be compressed (.ko.xz, .ko.zst, .ko.gz); they are loaded as plain ELF.
+    Modules may be compressed (.ko.xz, .ko.zst, .ko.gz); they are loaded as plain ELF, or
+    as they are with *kernel_decompress* (the kernel must read their format).
     Raises QemuTimeout if the guest is still running after *timeout* seconds and
     QemuError if it stopped without reporting every result.
     """
     with tempfile.TemporaryDirectory(prefix="fastlkm-qemu-") as tmp:
         initrd = Path(tmp) / "initrd.gz"
         results = Path(tmp) / "results.txt"
-        initrd.write_bytes(build_initramfs(modules))
+        finit = build_finit_helper(Path(tmp)) if kernel_decompress else None
+        initrd.write_bytes(build_initramfs(modules, finit))
         cmd = [
             QEMU, "-accel", "tcg", "-cpu", "max", "-m", str(memory_mb),
             "-kernel", str(vmlinuz), "-initrd", str(initrd), "-append", CMDLINE,

@@ -11,6 +11,7 @@ the file's exports, so a scenario's tables can be swapped for these.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from itertools import pairwise
 
 from fastlkm.elf.reader import ElfFile, Section
@@ -29,6 +30,7 @@ from fastlkm.lookup.sections import (
     decode,
     index_from_stored,
 )
+from fastlkm.lookup.strategies import TableIndex
 
 HTABLE = ".htable"            # suffix of the section indexing an export table
 UNDEF_HASH = ".undef.hash"    # Amoroso's hashes of the undefined symbols
@@ -127,7 +129,8 @@ def verify_image(elf: ElfFile) -> list[str]:
             problems.append(f"{sec.name}: {e.message}{at}")
             continue
         fn = HASH_FUNCTIONS[stored.hash]
-        hashes_used.add(stored.hash)
+        if fn is not None:
+            hashes_used.add(stored.hash)
         problems += _check_index(sec.name, t, index, fn, imports, by_table)
     undef = elf.section(UNDEF_HASH)
     if undef is not None:
@@ -135,14 +138,14 @@ def verify_image(elf: ElfFile) -> list[str]:
     return problems
 
 
-def _check_index(where: str, t: Table, index: object, fn: object, imports: list[bytes],
+def _check_index(where: str, t: Table, index: TableIndex,
+                 fn: Callable[[bytes], int] | None, imports: list[bytes],
                  by_table: dict[str, Table]) -> list[str]:
     out: list[str] = []
     c = Counters()
 
     def find(name: bytes) -> int | None:
-        h = fn(name) if fn is not None else 0  # type: ignore[operator]
-        return index.find(name, h, c)  # type: ignore[attr-defined,no-any-return]
+        return index.find(name, fn(name) if fn is not None else 0, c)
 
     try:
         missed = [(i, n, got) for i, n in enumerate(t.names) if (got := find(n)) != i]

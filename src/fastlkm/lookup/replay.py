@@ -42,7 +42,9 @@ def copy_tables(vmlinux: list[Table], modules: dict[int, list[Table]]
                 ) -> tuple[list[Table], dict[int, list[Table]]]:
     """Fresh copies for a strategy to index (a space numbers the tables it holds)."""
     def cp(t: Table) -> Table:
-        return Table(t.names, t.license, t.flags, t.owner, t.name, t.strings_size, t.crcs)
+        # extra goes along: it may carry an index read from the file (lookup.sections)
+        return Table(t.names, t.license, t.flags, t.owner, t.name, t.strings_size, t.crcs,
+                     extra=dict(t.extra))
     return [cp(t) for t in vmlinux], {k: [cp(t) for t in v] for k, v in modules.items()}
 
 

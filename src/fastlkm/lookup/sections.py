@@ -129,6 +129,26 @@ class Stored:
         return LAYOUT_NAMES.get(self.layout, str(self.layout))
 
 
+# the perfect layout's parameters: u8 seed number, u8 flags, then nbuckets, nslots and
+# nwords as u16 (8 bytes), or, with PERFECT_WIDE (65,535 keys or more, or a count that
+# does not fit), 2 bytes of padding and u32 each (16 bytes); the seed is the number times
+# PERFECT_SEED_STEP, as PerfectIndex derives its seeds
+PERFECT_WIDE = 1
+PERFECT_SEED_STEP = 0x9E3779B9
+
+
+def _perfect_params(nbuckets: int, nslots: int, seed: int, nwords: int, width: int,
+                    little: bool) -> bytes:
+    number = next((k for k in range(256) if k * PERFECT_SEED_STEP & 0xFFFFFFFF == seed),
+                  None)
+    if number is None:
+        raise ValueError(f"perfect seed {seed:#x} is not one PerfectIndex derives")
+    if width == 2 and max(nbuckets, nslots, nwords) <= 0xFFFF:
+        return bytes([number, 0]) + _pack("H", [nbuckets, nslots, nwords], little)
+    return bytes([number, PERFECT_WIDE, 0, 0]) + _pack("I", [nbuckets, nslots, nwords],
+                                                       little)
+
+
 def encode_index(strategy: Strategy, index: TableIndex, entries: int, little: bool) -> bytes:
     """The stored form of *index*, built by *strategy* over a table of *entries*."""
     if strategy.name not in STORABLE:
@@ -155,7 +175,7 @@ def encode_index(strategy: Strategy, index: TableIndex, entries: int, little: bo
         nbuckets, nslots, seed, nwords = a["params"]
         empty = (1 << 8 * width) - 1
         slots = [empty if s == EMPTY_SLOT else s for s in a["slots"]]
-        payload = _pack("I", [nbuckets, nslots, seed, nwords], little) + \
+        payload = _perfect_params(nbuckets, nslots, seed, nwords, width, little) + \
             _pack("Q", [lo | hi << 32 for lo, hi in zip(a["bloom_lo"], a["bloom_hi"],
                                                         strict=True)], little) + \
             _pack(w, slots, little) + _pack("H", a["pilots"], little)
@@ -246,7 +266,15 @@ def decode(data: bytes, little: bool, path: str | None = None, offset: int = 0) 
         if sorted(a["index"]) != list(range(n)):
             raise r.error("gnu index is not a permutation of the table")
     else:
-        nbuckets, nslots, seed, nwords = (r.u32() for _ in range(4))
+        number, flags = r.array("B", 2)
+        if flags & ~PERFECT_WIDE:
+            raise r.error(f"perfect flags {flags:#x}")
+        if flags & PERFECT_WIDE:
+            r.array("B", 2)
+            nbuckets, nslots, nwords = r.array("I", 3)
+        else:
+            nbuckets, nslots, nwords = r.array("H", 3)
+        seed = number * PERFECT_SEED_STEP & 0xFFFFFFFF
         if nbuckets == 0 or nslots < n or nwords == 0:
             raise r.error(f"perfect nbuckets {nbuckets}, nslots {nslots}, Bloom words "
                           f"{nwords} for {n} entries")
