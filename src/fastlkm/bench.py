@@ -18,8 +18,9 @@ from fastlkm.errors import FormatError, UsageError
 from fastlkm.kernel.facts import Module
 from fastlkm.loader.scenario import Scenario, record
 from fastlkm.lookup import native
+from fastlkm.lookup.base import Table
 from fastlkm.lookup.replay import LOOKUP, replay
-from fastlkm.lookup.strategies import STRATEGIES
+from fastlkm.lookup.strategies import STRATEGIES, Strategy, TableIndex
 from fastlkm.target import System
 
 # The 2009 LKML thread's figures: Amoroso's hash tables cut symbol resolution time by
@@ -129,8 +130,42 @@ def machine() -> str:
         f"{platform.python_version()}"
 
 
+def use_embedded(system: System, sc: Scenario) -> None:
+    """Take each loaded module's tables from the sections ``fastlkm hash`` embedded in its
+    file, so that the numbers are for what was written.  vmlinux's tables stay built
+    (a vmlinuz carries no sections of ours)."""
+    from fastlkm.loader.embedded import read_embedded_tables
+
+    if system.tree is None:
+        raise UsageError("--embedded needs a tree of processed modules, not a snapshot")
+    paths = {m.name: m.path for m in system.modules}
+    crcs = system.kernel.modversions
+    for owner, name in sc.module_names.items():
+        rel = paths.get(name.replace("-", "_"))
+        if rel is None or not sc.modules[owner]:
+            continue
+        path = rel if rel.startswith("/") else str(system.tree.moddir / rel)
+        sc.modules[owner] = read_embedded_tables(path, owner, crcs)
+
+
+def _embedded(st: Strategy) -> Strategy:
+    """The strategy reading stored indexes where a table has one, building the rest."""
+    from dataclasses import replace as dc_replace
+
+    from fastlkm.lookup.sections import EMBEDDED, embedded_strategy
+
+    stored = embedded_strategy(st)
+    assert st.build is not None and stored.build is not None
+    own, from_file = st.build, stored.build
+
+    def build(t: Table) -> TableIndex:
+        return from_file(t) if EMBEDDED in t.extra else own(t)
+
+    return dc_replace(stored, build=build)
+
+
 def run_bench(system: System, scenario: str = "boot", strategies: list[str] | None = None,
-              repeats: int = 5, use_native: bool = True,
+              repeats: int = 5, use_native: bool = True, embedded: bool = False,
               progress: Callable[[str], None] | None = None) -> BenchResult:
     names = strategies or list(STRATEGIES)
     unknown = [n for n in names if n not in STRATEGIES]
@@ -138,6 +173,9 @@ def run_bench(system: System, scenario: str = "boot", strategies: list[str] | No
         raise UsageError(f"unknown strategies: {', '.join(unknown)} "
                          f"(known: {', '.join(STRATEGIES)})")
     label, sc = scenario_for(system, scenario)
+    if embedded:
+        use_embedded(system, sc)
+        label += ", tables read from the modules' embedded sections"
     lookups = [e for e in sc.events if e.op == LOOKUP]
     loaded = sorted({e.owner for e in sc.events if e.op == 1})
     tables = sc.vmlinux + [t for o in loaded for t in sc.modules[o]]
@@ -147,6 +185,11 @@ def run_bench(system: System, scenario: str = "boot", strategies: list[str] | No
     results: list[StrategyResult] = []
     for name in names:
         st = STRATEGIES[name]
+        if embedded:
+            try:
+                st = _embedded(st)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
         if progress:
             progress(f"{name}: {len(lookups)} lookups")
         if engine_native:

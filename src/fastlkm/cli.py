@@ -244,7 +244,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         for scenario in a.scenario.split(","):
             progress(f"recording scenario {scenario}")
             results.append(run_bench(system, scenario, strategies, repeats=a.repeats,
-                                     use_native=not a.python, progress=progress))
+                                     use_native=not a.python, embedded=a.embedded,
+                                     progress=progress))
     finally:
         if status is not None:
             status.stop()
@@ -386,6 +387,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", help="write the speed/memory plot here (PNG, SVG, PDF)")
     b.add_argument("--python", action="store_true",
                    help="use the pure-Python reference engine (counts only)")
+    b.add_argument("--embedded", action="store_true",
+                   help="a tree processed by fastlkm hash: read the modules' tables from "
+                        "their embedded sections (give the --strategies of its style)")
     common(b)
     b.set_defaults(func=cmd_bench)
 
