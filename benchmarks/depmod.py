@@ -16,7 +16,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -32,20 +31,7 @@ corpus = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = corpus
 spec.loader.exec_module(corpus)
 
-
-def shadow(root: Path, release: str, dest: Path) -> Path:
-    for d in ("lib/modules", "usr/lib/modules"):
-        src = root / d / release
-        if src.is_dir() and not src.is_symlink():
-            break
-    moddir = dest / "lib/modules" / release
-    moddir.mkdir(parents=True)
-    keep = ("modules.order", "modules.builtin", "modules.builtin.modinfo")
-    for e in src.iterdir():
-        if e.name.startswith("modules.") and e.name not in keep:
-            continue
-        (moddir / e.name).symlink_to(e)
-    return dest
+from fastlkm.bench import machine  # noqa: E402
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
@@ -57,17 +43,6 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int
         wall = time.perf_counter() - t
         return wall, int(f.read().split()[-1])
 
-
-def machine() -> str:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.node()}: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
 def main() -> int:
@@ -96,7 +71,7 @@ def main() -> int:
     for name in a.kernels:
         root, release = corpus.fetch(name)
         with tempfile.TemporaryDirectory() as tmp:
-            sh = shadow(root, release, Path(tmp) / "root")
+            sh = corpus.shadow_root(root, release, Path(tmp) / "root")
             out = Path(tmp) / "out"
             cache = Path(tmp) / "cache"
             warm_env = {**os.environ, "XDG_CACHE_HOME": str(cache / "warm")}

@@ -21,7 +21,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -38,22 +37,11 @@ corpus = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = corpus
 spec.loader.exec_module(corpus)
 
+from fastlkm.bench import machine  # noqa: E402
+
 XZ_LOOP = ('for f; do xz -dc "$f" | xz -T1 --check=crc32 --lzma2=dict=1MiB '
            '> "$OUT/$(printf %s "$f" | tr / _)"; done')
 
-
-def machine() -> str:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{platform.node()}: {os.cpu_count()} cores, {cpu}, Python "
-            f"{platform.python_version()}, load {load:.2f} at start")
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:

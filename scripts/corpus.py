@@ -133,6 +133,24 @@ def fetch(name: str) -> tuple[Path, str]:
     return CACHE / name / "root", release
 
 
+def shadow_root(root: Path, release: str, dest: Path) -> Path:
+    """A root under *dest* whose modules directory links to the files of the cached tree
+    *root* (depmod's outputs left out), so that a depmod can write its outputs there
+    without touching the cache."""
+    for d in ("lib/modules", "usr/lib/modules"):
+        src = root / d / release
+        if src.is_dir() and not src.is_symlink():
+            break
+    moddir = dest / "lib/modules" / release
+    moddir.mkdir(parents=True)
+    keep = ("modules.order", "modules.builtin", "modules.builtin.modinfo")
+    for e in src.iterdir():
+        if e.name.startswith("modules.") and e.name not in keep:
+            continue
+        (moddir / e.name).symlink_to(e)
+    return dest
+
+
 # kmod 34 needs a newer C library than Debian 12's: its packages and sid's libc are
 # unpacked into one folder and run through that folder's dynamic loader
 KMOD_SID_PACKAGES = ("kmod", "libkmod2", "libc6", "liblzma5", "libzstd1", "libssl3t64",

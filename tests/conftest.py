@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -18,6 +19,21 @@ REQUIRED = os.environ.get("FASTLKM_REQUIRE_CORPUS") == "1"
 KERNELS = ("6.1-cloud-amd64", "6.12-amd64", "6.1-686", "sid-cloud-amd64")
 
 
+_CORPUS_MODULE: list[ModuleType] = []
+
+
+def corpus_module() -> ModuleType:
+    """scripts/corpus.py, loaded once."""
+    if not _CORPUS_MODULE:
+        spec = importlib.util.spec_from_file_location("fastlkm_corpus", SCRIPTS / "corpus.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up when made
+        spec.loader.exec_module(module)
+        _CORPUS_MODULE.append(module)
+    return _CORPUS_MODULE[0]
+
+
 @pytest.fixture(scope="session")
 def corpus() -> Callable[[str], tuple[Path, str]]:
     """``corpus(name)`` is (root, release) of a real Debian kernel, fetched once and cached.
@@ -26,11 +42,7 @@ def corpus() -> Callable[[str], tuple[Path, str]]:
     network, no apt) skips the test on a developer's machine and fails it where the real
     kernels are required (``FASTLKM_REQUIRE_CORPUS=1``, set by ``.ci/run``).
     """
-    spec = importlib.util.spec_from_file_location("fastlkm_corpus", SCRIPTS / "corpus.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being made
-    spec.loader.exec_module(module)
+    module = corpus_module()
 
     def fetch(name: str) -> tuple[Path, str]:
         try:

@@ -7,7 +7,6 @@ module stripped of its signature and a module whose signed bytes were changed.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import struct
@@ -23,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.conftest import skip_or_fail  # noqa: E402
+from tests.conftest import corpus_module, skip_or_fail  # noqa: E402
 from tests.qemu import (  # noqa: E402
     MODULE_SIG_MAGIC,
     BootResult,
@@ -43,12 +42,7 @@ UNKNOWN = re.compile(r"\] (\S+): Unknown symbol (\S+) \(err (-?\d+)\)")
 
 
 def _corpus() -> tuple[Path, str]:
-    spec = importlib.util.spec_from_file_location("fastlkm_corpus", ROOT / "scripts/corpus.py")
-    assert spec is not None and spec.loader is not None
-    corpus = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = corpus  # its dataclasses look their module up there
-    spec.loader.exec_module(corpus)
-    root, release = corpus.fetch(KERNEL)
+    root, release = corpus_module().fetch(KERNEL)
     return Path(root), release
 
 

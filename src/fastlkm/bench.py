@@ -117,6 +117,10 @@ def scenario_for(system: System, scenario: str) -> tuple[str, Scenario]:
 
 
 def machine() -> str:
+    """The machine a measurement was taken on: cores, CPU model, Python, and the load
+    average when it started (the benchmarks run side by side on shared machines)."""
+    import os
+
     cpu = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -125,9 +129,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import os
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return f"{os.cpu_count()} cores, {cpu or platform.machine()}, Python " \
-        f"{platform.python_version()}"
+        f"{platform.python_version()}, load {load:.2f}"
 
 
 def use_embedded(system: System, sc: Scenario) -> None:

@@ -20,7 +20,7 @@ from fastlkm.outputs.depmod import (
     modules_symbols,
     uncompressed_relpath,
 )
-from tests.conftest import KERNELS, require_tools
+from tests.conftest import KERNELS, corpus_module, require_tools
 
 DEPMOD_FILES = ("modules.dep", "modules.symbols")
 
@@ -67,21 +67,8 @@ def test_cycle_is_reported() -> None:
 
 
 def _shadow_root(root: Path, release: str, dest: Path) -> Path:
-    """A root whose modules directory links to the real tree's files, so that depmod can
-    write its outputs without touching the cached tree."""
-    for d in ("lib/modules", "usr/lib/modules"):
-        src = root / d / release
-        if src.is_dir() and not src.is_symlink():
-            break
-    moddir = dest / "lib/modules" / release
-    moddir.mkdir(parents=True)
-    for entry in src.iterdir():
-        if entry.name.startswith("modules.") and entry.name not in ("modules.order",
-                                                                    "modules.builtin",
-                                                                    "modules.builtin.modinfo"):
-            continue
-        (moddir / entry.name).symlink_to(entry)
-    return dest
+    """A root linking to a cached tree, for a depmod to write into (scripts/corpus.py)."""
+    return corpus_module().shadow_root(root, release, dest)
 
 
 @pytest.fixture(scope="module")

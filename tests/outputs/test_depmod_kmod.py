@@ -3,32 +3,25 @@ options people use, depmod.d configuration, and kmod's own modprobe reading our 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from fastlkm.cli import main
-from tests.conftest import KERNELS, SCRIPTS, require_tools, skip_or_fail
+from tests.conftest import KERNELS, corpus_module, require_tools, skip_or_fail
 from tests.outputs.test_depmod import _shadow_root
 
 Shadow = Callable[[str], tuple[Path, Path, str]]
 
 
 def _kmod_sid() -> Path:
-    spec = importlib.util.spec_from_file_location("fastlkm_corpus_k", SCRIPTS / "corpus.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
     try:
-        return mod.kmod_sid()
+        return corpus_module().kmod_sid()
     except (SystemExit, subprocess.CalledProcessError, OSError) as e:
         skip_or_fail(f"sid's kmod unavailable: {e}")
         raise
