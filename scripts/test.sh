@@ -7,5 +7,5 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$here/scripts/setup.sh" test
 python "$here/scripts/corpus.py"
 cd "$here"
-ruff check src tests scripts benchmarks
+ruff check src tests scripts benchmarks fuzz
 python -m pytest "$@"

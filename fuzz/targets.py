@@ -1,0 +1,119 @@
+"""Fuzz targets: one per parser.  Each takes bytes and may only succeed or raise
+fastlkm's FormatError (or its subclasses); anything else is a finding.
+
+Used by fuzz/run.py (coverage-guided, atheris) and replayed by the test suite
+(tests/test_fuzz_regressions.py) over fuzz/regressions/TARGET/*.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+from fastlkm.errors import FormatError
+
+
+def elf(data: bytes) -> None:
+    """The ELF reader, the export-table decoder and the whole module parser."""
+    from fastlkm.elf.reader import ElfFile
+    from fastlkm.elf.structs import SHT_REL, SHT_RELA
+    from fastlkm.kernel.ksymtab import read_exports
+    from fastlkm.kernel.module import parse_module
+
+    e = ElfFile(data, "fuzz")
+    _ = e.symbols
+    for s in e.sections:
+        if s.type in (SHT_REL, SHT_RELA) and 0 <= s.info < len(e.sections):
+            e.relocations_for(e.sections[s.info])
+    read_exports(e)
+    parse_module(data, "fuzz")
+
+
+def vmlinuz(data: bytes) -> None:
+    from fastlkm.kernel.vmlinuz import extract_vmlinux
+
+    extract_vmlinux(data, "fuzz", limit=1 << 22)
+
+
+def codecs(data: bytes) -> None:
+    from fastlkm.io.codecs import decompress
+
+    decompress(data, limit=1 << 22, path="fuzz")
+
+
+def sysmap(data: bytes) -> None:
+    from fastlkm.kernel.sysmap import is_stub, parse_system_map
+
+    text = data.decode("utf-8", "replace")
+    if not is_stub(text):
+        parse_system_map(text, "fuzz")
+
+
+def symvers(data: bytes) -> None:
+    from fastlkm.kernel.symvers import parse_symvers, vmlinux_exports
+
+    vmlinux_exports(parse_symvers(data.decode("utf-8", "replace"), "fuzz"))
+
+
+def modinfo(data: bytes) -> None:
+    from fastlkm.kernel.modinfo import parse_modinfo
+
+    parse_modinfo(data)
+
+
+def depmod_d(data: bytes) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from fastlkm.kernel.depmod_d import load_config
+
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "x.conf").write_bytes(data)
+        cfg = load_config("6.1.0-1-amd64", [d])
+        cfg.existing_wins(("kernel/a/b.ko", "/m/kernel/a/b.ko"), ("updates/b.ko", "/m/u/b.ko"))
+
+
+def kmod_index(data: bytes) -> None:
+    """The index reader on raw bytes, and a round trip of keys made from them."""
+    from fastlkm.outputs.kmod_index import Index, read_index
+
+    with contextlib.suppress(FormatError):
+        read_index(data, "fuzz")
+    ix = Index()
+    # keys and values are C strings, 7-bit ASCII (index__checkstring())
+    words = [w for w in data.decode("ascii", "replace").split("\n")
+             if w and w.isascii() and "\0" not in w]
+    want: dict[str, list[str]] = {}
+    for i, w in enumerate(words[:64]):
+        key, _, value = w.partition(" ")
+        ix.insert(key, value, i)
+        want.setdefault(key, []).append(value)
+    for version in (30, 34):
+        got = read_index(ix.write(version))
+        assert {k: sorted(v for _, v in vs) for k, vs in got.items()} == \
+            {k: sorted(v) for k, v in want.items()}, "index round trip"
+
+
+def sections(data: bytes) -> None:
+    from fastlkm.lookup.sections import decode
+
+    decode(data, True, "fuzz")
+    decode(data, False, "fuzz")
+
+
+def snapshot(data: bytes) -> None:
+    from fastlkm.snapshot import loads
+
+    loads(b"FLKMSNAP\x01" + data, "fuzz")
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    f.__name__: f for f in (elf, vmlinuz, codecs, sysmap, symvers, modinfo, depmod_d,
+                            kmod_index, sections, snapshot)
+}
+
+
+def run_one(target: str, data: bytes) -> None:
+    """Run *target* on *data*; FormatError is the one allowed failure."""
+    with contextlib.suppress(FormatError):
+        TARGETS[target](data)
