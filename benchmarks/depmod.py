@@ -13,7 +13,6 @@ each, the ratios fastlkm/kmod (below 1 is faster) and the peak resident memory.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -24,14 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-spec = importlib.util.spec_from_file_location("fastlkm_corpus", HERE.parent / "scripts/corpus.py")
-assert spec is not None and spec.loader is not None
-corpus = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = corpus
-spec.loader.exec_module(corpus)
-
-from fastlkm.bench import machine  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import corpus, machine
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:

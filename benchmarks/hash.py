@@ -18,7 +18,6 @@ disturbs less.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -30,14 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-spec = importlib.util.spec_from_file_location("fastlkm_corpus", HERE.parent / "scripts/corpus.py")
-assert spec is not None and spec.loader is not None
-corpus = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = corpus
-spec.loader.exec_module(corpus)
-
-from fastlkm.bench import machine  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import corpus, machine
 
 XZ_LOOP = ('for f; do xz -dc "$f" | xz -T1 --check=crc32 --lzma2=dict=1MiB '
            '> "$OUT/$(printf %s "$f" | tr / _)"; done')

@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 import lz4.block
 import lz4.frame
@@ -87,49 +88,38 @@ def _corrupt(fmt: str, why: object, offset: int | None = None) -> DecompressErro
     return DecompressError(f"corrupt {fmt} data: {why}", offset=offset)
 
 
-def _decode_gzip(src: memoryview, room: int) -> tuple[bytes, int]:
-    # as gunzip() in lib/decompress_inflate.c: one member; its CRC32 and ISIZE are checked by zlib
-    d = zlib.decompressobj(wbits=31)
+def _drain(fmt: str, d: Any, src: memoryview, room: int,
+           error: type[Exception]) -> tuple[bytes, int]:
+    """One stream through a standard-library decompressor object, never producing more
+    than room + 1 bytes: (output, input bytes consumed)."""
     try:
         out = d.decompress(src, room + 1)
-    except zlib.error as e:
-        raise _corrupt("gzip", e) from None
+    except error as e:
+        raise _corrupt(fmt, e) from None
     if len(out) > room:
         return out, len(src)
     if not d.eof:
-        raise _truncated("gzip")
+        raise _truncated(fmt)
     return out, len(src) - len(d.unused_data)
+
+
+def _decode_gzip(src: memoryview, room: int) -> tuple[bytes, int]:
+    # as gunzip() in lib/decompress_inflate.c: one member; its CRC32 and ISIZE are checked by zlib
+    return _drain("gzip", zlib.decompressobj(wbits=31), src, room, zlib.error)
 
 
 def _lzma_decoder(fmt: str, lzma_format: int) -> Callable[[memoryview, int], tuple[bytes, int]]:
     def decode(src: memoryview, room: int) -> tuple[bytes, int]:
         # as unxz() in lib/decompress_unxz.c and unlzma() in lib/decompress_unlzma.c
         d = lzma.LZMADecompressor(lzma_format, memlimit=max(room, _LZMA_MEMLIMIT_FLOOR))
-        try:
-            out = d.decompress(src, room + 1)
-        except lzma.LZMAError as e:
-            raise _corrupt(fmt, e) from None
-        if len(out) > room:
-            return out, len(src)
-        if not d.eof:
-            raise _truncated(fmt)
-        return out, len(src) - len(d.unused_data)
+        return _drain(fmt, d, src, room, lzma.LZMAError)
 
     return decode
 
 
 def _decode_bzip2(src: memoryview, room: int) -> tuple[bytes, int]:
     # as bunzip2() in lib/decompress_bunzip2.c
-    d = bz2.BZ2Decompressor()
-    try:
-        out = d.decompress(src, room + 1)
-    except OSError as e:
-        raise _corrupt("bzip2", e) from None
-    if len(out) > room:
-        return out, len(src)
-    if not d.eof:
-        raise _truncated("bzip2")
-    return out, len(src) - len(d.unused_data)
+    return _drain("bzip2", bz2.BZ2Decompressor(), src, room, OSError)
 
 
 def _zstd_frame_size(src: memoryview) -> int:
