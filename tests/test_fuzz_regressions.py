@@ -13,6 +13,7 @@ sys.path.insert(0, str(FUZZ))
 
 from targets import TARGETS, run_one  # noqa: E402
 
+
 def test_regressions() -> None:
     cases = sorted((p.parent.name, p) for p in (FUZZ / "regressions").glob("*/*")
                    if p.is_file() and p.parent.name in TARGETS)
