@@ -124,18 +124,10 @@ def modules_for_depmod(basedir: str | None, version: str | None, jobs: int | Non
                        ) -> tuple[Path | None, list[Module], list[str], list[FastlkmError]]:
     """What depmod reads: ``BASEDIR/lib/modules/VERSION`` (or ``usr/lib/modules``), or the
     modules of a snapshot.  The kernel's own exports are not needed."""
-    if version is not None and os.path.isfile(version) and is_snapshot(version):
-        snap = load(version)
+    moddir = release_dir(basedir, version)
+    if moddir is None:
+        snap = load(version)  # type: ignore[arg-type]
         return None, snap.modules, snap.order, []
-    release = version or platform.release()
-    root = Path(basedir) if basedir else Path("/")
-    for d in ("lib/modules", "usr/lib/modules"):
-        moddir = root / d / release
-        if moddir.is_dir():
-            break
-    else:
-        raise NotFoundError(f"no modules directory for {release}",
-                            str(root / "lib/modules" / release))
     cache = FactsCache(str(moddir.resolve())) if use_cache else None
     modules, errors = read_module_files(module_files(moddir, config), jobs=jobs, cache=cache)
     return moddir, modules, read_order(moddir), errors

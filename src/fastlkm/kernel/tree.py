@@ -309,13 +309,6 @@ def _scan_sub(d: str, base: str, excludes: frozenset[str],
             continue
 
 
-def select_modules(relpaths: list[str]) -> list[str]:
-    """One file per module name with depmod's default configuration (first found wins
-    unless it is under updates/)."""
-    files = [(r, r) for r in relpaths]
-    return [p for p, _ in choose_modules(files, DepmodConfig(searches=["updates"]))]
-
-
 def choose_modules(files: list[tuple[str, str | None]], config: DepmodConfig
                    ) -> list[tuple[str, str | None]]:
     """One file per module name, as depmod_modules_search_file() chooses between files of

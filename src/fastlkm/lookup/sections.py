@@ -303,45 +303,16 @@ def index_from_stored(stored: Stored, table: Table) -> TableIndex:
     n = len(table.names)
     if stored.entries != n:
         raise FormatError(f"stored for {stored.entries} entries, {table.name} has {n}")
-    a = stored.arrays
+    a, names, mem = stored.arrays, table.names, stored.payload
     if stored.layout == BSEARCH:
-        bs = object.__new__(BsearchIndex)
-        bs.names = table.names
-        bs.order = a.get("order")
-        bs.memory = stored.payload
-        if stored.hash == HASH_NONE:
-            return bs
-        pf = object.__new__(PerfectIndex)
-        pf.names, pf.fallback, pf.memory = table.names, bs, bs.memory
-        return pf
+        bs = BsearchIndex.from_arrays(names, a, mem)
+        return bs if stored.hash == HASH_NONE else PerfectIndex.over_bsearch(bs)
     if stored.layout == SYSV:
-        sv = object.__new__(SysvIndex)
-        sv.names = table.names
-        sv.nbucket = len(a["bucket"])
-        sv.bucket, sv.chain, sv.hashes = a["bucket"], a["chain"], a["hashes"]
-        sv.memory = stored.payload
-        return sv
+        return SysvIndex.from_arrays(names, a, mem)
     if stored.layout == GNU:
-        gn = object.__new__(GnuIndex)
-        gn.names = table.names
-        gn.nbuckets = len(a["buckets"])
-        gn.maskwords = len(a["bloom_lo"])
-        gn.shift2 = a["shift2"][0]
-        gn.bloom = [lo | hi << 32 for lo, hi in zip(a["bloom_lo"], a["bloom_hi"],
-                                                    strict=True)]
-        gn.buckets, gn.chain, gn.index = a["buckets"], a["chain"], a["index"]
-        gn.memory = stored.payload
-        return gn
+        return GnuIndex.from_arrays(names, a, a["shift2"][0], mem)
     if stored.layout == PERFECT:
-        pf = object.__new__(PerfectIndex)
-        pf.names = table.names
-        pf.fallback = None
-        pf.nbuckets, pf.nslots, pf.seed, pf.nwords = a["params"]
-        pf.bloom = [lo | hi << 32 for lo, hi in zip(a["bloom_lo"], a["bloom_hi"],
-                                                    strict=True)]
-        pf.pilots, pf.slots = a["pilots"], a["slots"]
-        pf.memory = stored.payload
-        return pf
+        return PerfectIndex.from_arrays(names, a, mem)
     raise FormatError(f"a {LAYOUT_NAMES[stored.layout]} section indexes no table")
 
 

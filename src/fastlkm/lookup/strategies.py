@@ -114,6 +114,14 @@ class BsearchIndex(TableIndex):
     def arrays(self) -> dict[str, list[int]]:
         return {"order": self.order} if self.order is not None else {}
 
+    @classmethod
+    def from_arrays(cls, names: list[bytes], a: dict[str, list[int]],
+                    memory: int) -> BsearchIndex:
+        """The index whose arrays() are *a*, nothing recomputed (a stored table)."""
+        idx = cls.__new__(cls)
+        idx.names, idx.order, idx.memory = names, a.get("order"), memory
+        return idx
+
 
 # --- sysv: a SysV ELF .hash per table, hashes stored beside the exports ---------------
 
@@ -151,6 +159,15 @@ class SysvIndex(TableIndex):
     def arrays(self) -> dict[str, list[int]]:
         # the native layout keeps each entry's chain link beside its hash (one cache line)
         return {"bucket": self.bucket, "chain": self.chain, "hashes": self.hashes}
+
+    @classmethod
+    def from_arrays(cls, names: list[bytes], a: dict[str, list[int]],
+                    memory: int) -> SysvIndex:
+        """The index whose arrays() are *a*, nothing recomputed (a stored table)."""
+        idx = cls.__new__(cls)
+        idx.names, idx.nbucket, idx.memory = names, len(a["bucket"]), memory
+        idx.bucket, idx.chain, idx.hashes = a["bucket"], a["chain"], a["hashes"]
+        return idx
 
 
 # --- gnu: DT_GNU_HASH with its Bloom filter, per table ---------------------------------
@@ -234,6 +251,19 @@ class GnuIndex(TableIndex):
         hi = [w >> 32 for w in self.bloom]
         return {"bloom_lo": lo, "bloom_hi": hi, "buckets": self.buckets, "chain": self.chain,
                 "index": self.index}
+
+    @classmethod
+    def from_arrays(cls, names: list[bytes], a: dict[str, list[int]], shift2: int,
+                    memory: int) -> GnuIndex:
+        """The index whose arrays() are *a* (and Bloom shift *shift2*), nothing
+        recomputed (a stored table)."""
+        idx = cls.__new__(cls)
+        idx.names, idx.shift2, idx.memory = names, shift2, memory
+        idx.nbuckets, idx.maskwords = len(a["buckets"]), len(a["bloom_lo"])
+        idx.bloom = [lo | hi << 32 for lo, hi in zip(a["bloom_lo"], a["bloom_hi"],
+                                                     strict=True)]
+        idx.buckets, idx.chain, idx.index = a["buckets"], a["chain"], a["index"]
+        return idx
 
 
 # --- perfect: a minimal-ish perfect hash per table (PTHash style) ----------------------
@@ -364,6 +394,25 @@ class PerfectIndex(TableIndex):
                 "params": [self.nbuckets, self.nslots, self.seed, self.nwords],
                 "bloom_lo": [w & 0xFFFFFFFF for w in self.bloom],
                 "bloom_hi": [w >> 32 for w in self.bloom]}
+
+    @classmethod
+    def from_arrays(cls, names: list[bytes], a: dict[str, list[int]],
+                    memory: int) -> PerfectIndex:
+        """The index whose arrays() are *a*, nothing recomputed (a stored table)."""
+        idx = cls.__new__(cls)
+        idx.names, idx.fallback, idx.memory = names, None, memory
+        idx.nbuckets, idx.nslots, idx.seed, idx.nwords = a["params"]
+        idx.bloom = [lo | hi << 32 for lo, hi in zip(a["bloom_lo"], a["bloom_hi"],
+                                                     strict=True)]
+        idx.pilots, idx.slots = a["pilots"], a["slots"]
+        return idx
+
+    @classmethod
+    def over_bsearch(cls, fallback: BsearchIndex) -> PerfectIndex:
+        """A perfect index that binary-searches (a tiny table, or colliding hashes)."""
+        idx = cls.__new__(cls)
+        idx.names, idx.fallback, idx.memory = fallback.names, fallback, fallback.memory
+        return idx
 
 
 STRATEGIES: dict[str, Strategy] = {
