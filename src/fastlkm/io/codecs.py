@@ -11,13 +11,14 @@ one more 8 MiB block to tell an oversized block from a corrupt one).
 from __future__ import annotations
 
 import bz2
+import io
 import lzma
 import os
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, BinaryIO
 
 import lz4.block
 import lz4.frame
@@ -412,3 +413,75 @@ def compress(data: Buffer, fmt: str, *, level: int | None = None) -> bytes:
     if codec.encode is None:
         raise UsageError(f"cannot compress as {fmt}: modules are compressed as xz, zstd or gzip")
     return codec.encode(data, level)
+
+
+# -- streams ---------------------------------------------------------------------------------------
+
+_STREAM_CHUNK = 1 << 16  # input read per refill
+
+
+class _StreamReader(io.RawIOBase):
+    """Decodes one compressed stream read from *src* on demand; never yields more than
+    *limit* bytes in total (raises DecompressError instead)."""
+
+    def __init__(self, src: BinaryIO, fmt: str | None, limit: int, path: str | None):
+        self._src, self._fmt, self._limit, self._path = src, fmt, limit, path
+        self._total = 0
+        self._zstd: Any = None
+        self._d: Any = None
+        if fmt == "zstd":
+            self._zstd = zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True)
+        elif fmt == "gzip":
+            self._d = zlib.decompressobj(wbits=31)
+        elif fmt in ("xz", "lzma"):
+            self._d = lzma.LZMADecompressor(lzma.FORMAT_XZ if fmt == "xz" else lzma.FORMAT_ALONE,
+                                            memlimit=_LZMA_MEMLIMIT_FLOOR)
+        elif fmt == "bzip2":
+            self._d = bz2.BZ2Decompressor()
+        elif fmt is not None:
+            raise UsageError(f"cannot stream {fmt} data")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        out = self._decode(min(len(b), self._limit - self._total + 1))
+        self._total += len(out)
+        if self._total > self._limit:
+            raise DecompressError(f"decompressed size exceeds {self._limit} bytes", self._path)
+        b[: len(out)] = out
+        return len(out)
+
+    def _decode(self, want: int) -> bytes:
+        fmt = self._fmt or "plain"
+        if self._zstd is not None:
+            try:
+                return self._zstd.read(want)
+            except zstandard.ZstdError as e:
+                raise _corrupt(fmt, e).with_path(self._path or "") from None
+        if self._d is None:
+            return self._src.read(want)
+        while not self._d.eof:
+            if fmt == "gzip":  # zlib keeps what max_length left undecoded in unconsumed_tail
+                data = self._d.unconsumed_tail or self._src.read(_STREAM_CHUNK)
+                exhausted = not data
+            else:
+                exhausted = self._d.needs_input
+                data = self._src.read(_STREAM_CHUNK) if exhausted else b""
+                exhausted = exhausted and not data
+            try:
+                out = self._d.decompress(data, want)
+            except (zlib.error, lzma.LZMAError, OSError) as e:
+                raise _corrupt(fmt, e).with_path(self._path or "") from None
+            if out:
+                return out
+            if exhausted:
+                raise _truncated(fmt).with_path(self._path or "")
+        return b""
+
+
+def open_stream(src: BinaryIO, fmt: str | None, *, limit: int = DEFAULT_LIMIT,
+                path: str | None = None) -> BinaryIO:
+    """A file object decoding *src* (format *fmt*: gzip, xz, lzma, bzip2, zstd, or None for
+    plain) as it is read, raising DecompressError past *limit* bytes of output."""
+    return io.BufferedReader(_StreamReader(src, fmt, limit, path), _STREAM_CHUNK)
