@@ -1,7 +1,8 @@
-"""Only the native lookup engine; the project's metadata lives in pyproject.toml.
+"""Only the native extensions; the project's metadata lives in pyproject.toml.
 
-The extension is optional: without a C compiler the package installs without it and
-fastlkm.lookup.native.available() is False.
+They are optional: without a C compiler the package installs without them,
+fastlkm.lookup.native.available() is False and fastlkm.outputs.kmod_index uses its Python
+index.
 """
 
 from setuptools import Extension, setup
@@ -11,6 +12,12 @@ setup(
         Extension(
             "fastlkm.lookup._native",
             ["src/fastlkm/lookup/_native.c"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
+        Extension(
+            "fastlkm.outputs._kmod_index",
+            ["src/fastlkm/outputs/_kmod_index.c"],
             extra_compile_args=["-O2"],
             optional=True,
         ),

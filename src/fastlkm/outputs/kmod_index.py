@@ -11,14 +11,23 @@ character; values kept in priority order, a new value before older ones of equal
 priority).  kmod 30 writes it children first (post-order: index_write__node() recursing
 before writing the node); kmod 34 writes each node before its children (pre-order, sizes
 computed first).  Both kmod versions read either.
+
+``PyIndex`` is the reference, in Python; ``NativeIndex`` is the same index in C
+(``_kmod_index.c``), byte for byte.  ``Index`` is the fastest of the two that is built.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fastlkm.errors import FormatError
+
+try:
+    from fastlkm.outputs import _kmod_index as _native  # type: ignore[attr-defined]
+except ImportError:   # built without a C compiler
+    _native = None
 
 INDEX_MAGIC = 0xB007F457
 INDEX_VERSION = (0x0002 << 16) | 0x0001
@@ -46,8 +55,8 @@ class Node:
         return max(self.children)
 
 
-class Index:
-    """An in-memory index as depmod builds one."""
+class PyIndex:
+    """An in-memory index as depmod builds one: the reference."""
 
     def __init__(self) -> None:
         self.root = Node()
@@ -58,6 +67,8 @@ class Index:
         v = value.encode()
         if any(c >= INDEX_CHILDMAX for c in k + v):
             raise FormatError(f"index key or value is not 7-bit ASCII: {key!r} {value!r}")
+        if not 0 <= priority <= 0xFFFFFFFF:
+            raise OverflowError("index priority does not fit in 32 bits")
         node = self.root
         i = 0
         while True:
@@ -83,11 +94,39 @@ class Index:
             node = nxt
             i += 1
 
+    def insert_many(self, keys: Sequence[str], values: Sequence[str],
+                    priorities: Sequence[int]) -> list[bool]:
+        """insert() for each (key, value, priority)."""
+        if not len(keys) == len(values) == len(priorities):
+            raise ValueError("keys, values and priorities differ in length")
+        return [self.insert(k, v, p) for k, v, p in zip(keys, values, priorities, strict=True)]
+
     def write(self, version: int = 34) -> bytes:
         """The index file as kmod *version* (30 or 34) writes it."""
-        if version == 30:
-            return _write_post_order(self.root)
-        return _write_pre_order(self.root)
+        out = _write_post_order(self.root) if version == 30 else _write_pre_order(self.root)
+        if len(out) > NODE_MASK:
+            raise FormatError("index too large for kmod's 28-bit node offsets")
+        return out
+
+
+if _native is not None:
+    class NativeIndex(_native.Index):
+        """PyIndex in C: the same insert(), insert_many() and write(), the same bytes."""
+
+        __slots__ = ()
+
+        def __init__(self) -> None:
+            super().__init__(FormatError)
+
+    Index = NativeIndex
+else:
+    NativeIndex = None   # type: ignore[assignment,misc]
+    Index = PyIndex   # type: ignore[misc]
+
+
+def native_available() -> bool:
+    """True when the C index (fastlkm.outputs._kmod_index) is built."""
+    return _native is not None
 
 
 def _add_value(values: list[tuple[int, bytes]], value: bytes, priority: int) -> bool:
