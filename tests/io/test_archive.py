@@ -154,12 +154,22 @@ def hostile(tmp_path: Path) -> dict[str, tuple[bytes, str]]:
         "bad-tar": (b"\x13" * 4096, "not a valid tar archive"),
         "empty-tar": (b"", "not a valid tar archive"),
         "truncated-tar": (tar_bytes([("a", b"y" * 4000, {})])[:2000], "truncated|unexpected"),
+        "long-name-header": (tar_bytes([("ok", b"", {})])[:512] + long_name_header(1 << 30),
+                             r"extended header of 1073741824 bytes"),
     }
+
+
+def long_name_header(size: int) -> bytes:
+    """A GNU long-name header announcing *size* bytes of name (read whole by tarfile)."""
+    ti = tarfile.TarInfo("././@LongLink")
+    ti.type, ti.size = tarfile.GNUTYPE_LONGNAME, size
+    return ti.tobuf(tarfile.USTAR_FORMAT) + b"n" * 4096
 
 
 CASES = ["dotdot", "dotdot-deep", "absolute", "symlink-then-file", "symlink-up",
          "symlink-chain", "hardlink-outside", "hardlink-dotdot", "hardlink-unknown",
-         "chardev", "blockdev", "fifo", "huge", "bad-tar", "empty-tar", "truncated-tar"]
+         "chardev", "blockdev", "fifo", "huge", "bad-tar", "empty-tar", "truncated-tar",
+         "long-name-header"]
 
 
 @pytest.mark.parametrize("case", CASES)

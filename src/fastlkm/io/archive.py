@@ -44,6 +44,7 @@ _TAR_MAGIC_AT = 257            # "ustar" (POSIX) or "ustar  " (GNU)
 _DATA_TAR = re.compile(r"data\.tar(\.(gz|xz|zst|bz2|lzma))?")
 _TAR_CODECS = ("gzip", "xz", "zstd", "bzip2", "lzma")
 MAX_MEMBERS = 1 << 20          # far above a kernel package (a few ten thousand files)
+MAX_EXTENDED_HEADER = 1 << 20  # a pax header or GNU long name is read whole into memory
 _COPY_CHUNK = 1 << 20
 
 
@@ -318,11 +319,23 @@ def extract(archive: str, dest: str | os.PathLike[str], *, limit: int = DEFAULT_
     return out
 
 
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses an extended header too large to hold in memory before tarfile reads it."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        extended = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+                    tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+        if self.type in extended and self.size > MAX_EXTENDED_HEADER:
+            raise tarfile.HeaderError(f"extended header of {self.size} bytes at offset "
+                                      f"{self.offset}")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
 def _extract_tar(stream: BinaryIO, archive: str, name: str, dest: Path, limit: int) -> None:
     ex = _Extractor(archive, name, dest)
     count = 0
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tf:
+        with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo) as tf:
             for m in tf:
                 count += 1
                 if count > MAX_MEMBERS:

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+
+# the temporary files below: ".NAME." + mkstemp's 8 random characters + ".tmp"; a scanner
+# never takes them for modules (they end in .tmp) and clean_temporaries() removes them
+_TEMPORARY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
 
 
 def atomic_write(path: Path, data: bytes, mode: int | None = None,
@@ -44,3 +51,43 @@ def sync_directory(d: Path) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def atomic_symlink(target: str, link: Path) -> None:
+    """Make *link* a symbolic link to *target*, replacing what is there in one rename."""
+    link = Path(link)
+    for _ in range(100):
+        tmp = link.parent / f".{link.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.symlink(target, tmp)
+        except FileExistsError:
+            continue
+        try:
+            os.replace(tmp, link)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return
+    raise FileExistsError(f"no free temporary name beside {link}")
+
+
+def clean_temporaries(paths: Iterable[str]) -> int:
+    """Remove the temporary files a writer killed mid-write left beside *paths* (the files
+    about to be written); returns how many."""
+    by_dir: dict[str, set[str]] = {}
+    for p in paths:
+        by_dir.setdefault(os.path.dirname(p) or ".", set()).add(os.path.basename(p))
+    removed = 0
+    for d, names in by_dir.items():
+        try:
+            entries = os.listdir(d)
+        except OSError:
+            continue
+        for e in entries:
+            m = _TEMPORARY.fullmatch(e)
+            if m and m.group(1) in names:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(d, e))
+                    removed += 1
+    return removed
