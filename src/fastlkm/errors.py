@@ -43,3 +43,15 @@ class NotFoundError(FastlkmError):
 
 class UsageError(FastlkmError):
     """The command line asks for something inconsistent."""
+
+
+class CycleError(FastlkmError):
+    """Modules depend on each other in a cycle.  *lines* are depmod's report of it, one
+    ``Cycle detected: a -> b -> a`` per cycle and ``Found N modules in dependency
+    cycles!`` last; *complete* is False when the listing was cut short (see
+    outputs/depmod.py, _report_cycles())."""
+
+    def __init__(self, lines: list[str], complete: bool = True, path: str | None = None):
+        super().__init__(lines[-1] if lines else "dependency cycle", path)
+        self.lines = lines
+        self.complete = complete

@@ -274,26 +274,29 @@ def compare_exports(a: list[Export] | tuple[Export, ...], b: list[Export] | tupl
 EXCLUDED_DIRS = frozenset({".", "..", "build", "source"})
 
 
-def scan_modules(moddir: Path, excludes: frozenset[str] = frozenset()) -> Iterator[str]:
+def scan_modules(moddir: Path, excludes: frozenset[str] = frozenset(),
+                 skipped: list[FastlkmError] | None = None) -> Iterator[str]:
     """Module files under *moddir*, relative, depth-first in readdir order as depmod walks
     them (depmod_modules_search_dir()); 'build' and 'source' are skipped, and a directory
-    seen before (a symlink loop) is not entered twice."""
+    seen before (a symlink loop) is not entered twice.  What cannot be read, a loop, and a
+    module name that is no regular file are appended to *skipped*, one error each."""
     base = str(moddir)
-    yield from _scan_sub(base, base, excludes, set())
+    yield from _scan_sub(base, base, excludes, {}, skipped if skipped is not None else [])
 
 
 def _scan_sub(d: str, base: str, excludes: frozenset[str],
-              seen: set[tuple[int, int]]) -> Iterator[str]:
+              seen: dict[tuple[int, int], str], skipped: list[FastlkmError]) -> Iterator[str]:
     try:
         st = os.stat(d)
-    except OSError:
-        return
-    if (st.st_dev, st.st_ino) in seen:
-        return
-    seen.add((st.st_dev, st.st_ino))
-    try:
         entries = list(os.scandir(d))
-    except OSError:
+    except OSError as e:
+        skipped.append(FastlkmError(f"cannot read directory: {e.strerror or e}", d))
+        return
+    first = seen.setdefault((st.st_dev, st.st_ino), d)
+    if first != d:
+        # depmod would follow the link until it runs out of file descriptors
+        skipped.append(FastlkmError(f"symbolic link loop: the directory {first} again, "
+                                    "not entered", d))
         return
     prefix = d[len(base) + 1:] + "/" if d != base else ""
     for e in entries:
@@ -301,12 +304,18 @@ def _scan_sub(d: str, base: str, excludes: frozenset[str],
             continue
         try:
             if e.is_dir():
-                yield from _scan_sub(e.path, base, excludes, seen)
+                yield from _scan_sub(e.path, base, excludes, seen, skipped)
                 continue
-            if is_module_path(e.name) and e.is_file():
+            if not is_module_path(e.name):
+                continue
+            if e.is_file():
                 yield prefix + e.name
-        except OSError:
-            continue
+                continue
+            why = ("dangling symbolic link" if e.is_symlink() and not os.path.exists(e.path)
+                   else "not a regular file")
+        except OSError as err:
+            why = f"cannot stat: {err.strerror or err}"
+        skipped.append(FastlkmError(why, e.path))
 
 
 def choose_modules(files: list[tuple[str, str | None]], config: DepmodConfig
@@ -325,18 +334,19 @@ def choose_modules(files: list[tuple[str, str | None]], config: DepmodConfig
     return [f for f in files if f in keep]
 
 
-def module_files(moddir: Path, config: DepmodConfig | None = None
-                 ) -> list[tuple[str, str]]:
+def module_files(moddir: Path, config: DepmodConfig | None = None,
+                 skipped: list[FastlkmError] | None = None) -> list[tuple[str, str]]:
     """The module files depmod takes: (full path, path as modules.dep names it: relative
-    to the modules directory, or absolute for an external directory)."""
+    to the modules directory, or absolute for an external directory); what the scan
+    skipped is appended to *skipped* (scan_modules())."""
     config = config or DepmodConfig(searches=["updates"])
     excludes = frozenset(config.excludes)
     found: list[tuple[str, str | None]] = [
-        (str(moddir / r), r) for r in scan_modules(moddir, excludes)]
+        (str(moddir / r), r) for r in scan_modules(moddir, excludes, skipped)]
     for ext in reversed(config.externals):   # depmod searches them in file order
         d = Path(ext)
         if d.is_dir():
-            found += [(str(d / r), None) for r in scan_modules(d, excludes)]
+            found += [(str(d / r), None) for r in scan_modules(d, excludes, skipped)]
     return [(p, rel if rel is not None else p) for p, rel in choose_modules(found, config)]
 
 
