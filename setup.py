@@ -16,6 +16,12 @@ setup(
             optional=True,
         ),
         Extension(
+            "fastlkm.kernel._scan",
+            ["src/fastlkm/kernel/_scan.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra"],
+            optional=True,
+        ),
+        Extension(
             "fastlkm.outputs._kmod_index",
             ["src/fastlkm/outputs/_kmod_index.c"],
             extra_compile_args=["-O2"],

@@ -29,6 +29,29 @@ def elf(data: bytes) -> None:
     parse_module(data, "fuzz")
 
 
+def scan(data: bytes) -> None:
+    """The native scan of depmod's facts against the reference decoder: it must decline
+    whatever the reference rejects and agree with whatever the reference reads."""
+    from fastlkm.kernel import scan as sc
+    from fastlkm.kernel.module import parse_module
+
+    if sc._native is None:
+        raise RuntimeError("fastlkm.kernel._scan was not built")
+    got = sc._native.scan(data)
+    try:
+        ref = sc.from_module(parse_module(data, "fuzz"))
+    except FormatError:
+        if got is not None:
+            raise AssertionError("native scan answered where the reference rejects") from None
+        raise
+    if got is None:
+        return
+    mine = sc.DepmodModule("fuzz", *got)
+    if mine._replace(kmod_symbols=sorted(mine.kmod_symbols)) != \
+            ref._replace(kmod_symbols=sorted(ref.kmod_symbols)):
+        raise AssertionError("native scan and reference decoder disagree")
+
+
 def vmlinuz(data: bytes) -> None:
     from fastlkm.kernel.vmlinuz import extract_vmlinux
 
@@ -108,7 +131,7 @@ def snapshot(data: bytes) -> None:
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
-    f.__name__: f for f in (elf, vmlinuz, codecs, sysmap, symvers, modinfo, depmod_d,
+    f.__name__: f for f in (elf, scan, vmlinuz, codecs, sysmap, symvers, modinfo, depmod_d,
                             kmod_index, sections, snapshot)
 }
 

@@ -87,3 +87,10 @@ def test_snapshot_of_a_snapshot_is_the_same_facts(tmp_path: Path) -> None:
     a, b = load(SNAP), load(out)
     assert a.kernel == b.kernel and a.order == b.order
     assert a.modules == b.modules
+
+
+def test_hash_styles_are_the_storable_ones() -> None:
+    from fastlkm.cli import HASH_STYLES
+    from fastlkm.lookup.sections import STORABLE
+
+    assert set(HASH_STYLES) == set(STORABLE)

@@ -1,22 +1,32 @@
 """The ``fastlkm`` command: parses arguments, calls the library, prints.  No logic here.
 
 Errors the library raises on purpose print one line, ``fastlkm: error: ...``, and exit
-with status 2; ``--debug`` shows the traceback instead.
+with status 2; ``--debug`` shows the traceback instead.  A file of a tree that cannot be
+read (or is no regular file, or a symlink loop) prints ``fastlkm: warning: PATH: why;
+skipped``, the rest is processed, and the status is 3.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections import Counter
 from pathlib import Path
 
 from fastlkm import __version__
-from fastlkm.errors import FastlkmError, UsageError
+from fastlkm.errors import CycleError, FastlkmError, UsageError
 
-EXIT_FAIL = 1     # a module would not load
+# the keys of fastlkm.lookup.sections.STORABLE (a test keeps them equal), named here so
+# that building the parser imports nothing
+HASH_STYLES = ("bsearch", "sysv", "sysv-djb", "gnu", "perfect")
+
+EXIT_FAIL = 1     # a module would not load (depmod: a dependency cycle, as kmod's)
 EXIT_ERROR = 2    # bad input or usage
+EXIT_SKIPPED = 3  # some files were skipped (each named on stderr), the rest processed
+
+EXIT_STATUS_HELP = """exit status: 0 success; 1 a module would not load, verify found problems,
+or (depmod) a dependency cycle; 2 bad input or usage, nothing done; 3 some files were
+skipped (unreadable, malformed, not regular files, symlink loops: each named in a
+'fastlkm: warning:' line) and the rest processed -- 3 wins over 1."""
 
 
 def _out(s: str = "") -> None:
@@ -25,6 +35,11 @@ def _out(s: str = "") -> None:
 
 def _note(s: str) -> None:
     sys.stderr.write(f"fastlkm: {s}\n")
+
+
+def _skipped(errors: list[FastlkmError]) -> None:
+    for e in errors:
+        _note(f"warning: {e}; skipped")
 
 
 # --- resolve --------------------------------------------------------------------------
@@ -43,6 +58,8 @@ def cmd_resolve(a: argparse.Namespace) -> int:
             raise UsageError(f"no such module in {system.origin}: {', '.join(missing)}")
     loader = Loader(system.kernel)
     results = [loader.load(m) for m in load_order(system.modules, wanted, system.kernel)]
+    from collections import Counter
+
     kinds = Counter(m.kind for r in results for m in r.failures)
     failed = [r for r in results if not r.ok]
     summary = {
@@ -68,13 +85,14 @@ def cmd_resolve(a: argparse.Namespace) -> int:
                                        "error": m.error} for m in r.messages]}
                         for r in results],
         }
+        import json
+
         json.dump(doc, sys.stdout, indent=1)
         _out()
     else:
         for n in system.notes:
             _note(n)
-        for e in system.errors:
-            _note(f"error: {e}")
+        _skipped(system.errors)
         for r in results:
             for m in r.messages:
                 _out(m.text)
@@ -85,9 +103,9 @@ def cmd_resolve(a: argparse.Namespace) -> int:
              f"{summary['resolved']}")
         if kinds:
             _out("failures by kind: " + ", ".join(f"{k} {v}" for k, v in kinds.most_common()))
-    if failed:
-        return EXIT_FAIL
-    return EXIT_ERROR if system.errors else 0
+    if system.errors:
+        return EXIT_SKIPPED
+    return EXIT_FAIL if failed else 0
 
 
 # --- check ----------------------------------------------------------------------------
@@ -107,18 +125,23 @@ def cmd_check(a: argparse.Namespace) -> int:
     final = results[-1]
     deps = results[:-1]
     if a.json:
+        import json
+
         json.dump({"module": a.module, "kernel": system.kernel.release, "loads": final.ok,
                    "err": final.err, "dependencies": [r.module for r in deps],
                    "messages": [m.text for r in results for m in r.messages]},
                   sys.stdout, indent=1)
         _out()
     else:
+        _skipped(system.errors)
         for r in results:
             for m in r.messages:
                 _out(m.text)
         verdict = "would load" if final.ok else f"would NOT load (err {final.err})"
         dep_s = f" after {', '.join(r.module for r in deps)}" if deps else ""
         _out(f"{final.module}: {verdict} on {system.kernel.release}{dep_s}")
+    if system.errors:
+        return EXIT_SKIPPED
     return 0 if final.ok else EXIT_FAIL
 
 
@@ -126,9 +149,9 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_depmod(a: argparse.Namespace) -> int:
-    from fastlkm.io.cache import save_outputs
+    from fastlkm.io.cache import file_key, save_outputs
     from fastlkm.kernel.depmod_d import load_config
-    from fastlkm.kernel.tree import depfile_up_to_date
+    from fastlkm.kernel.tree import depfile_up_to_date, module_files
     from fastlkm.outputs.depmod import build, depmod_files
     from fastlkm.outputs.write import write_outputs
     from fastlkm.target import depmod_kernel_symbols, modules_for_depmod, release_dir
@@ -137,24 +160,40 @@ def cmd_depmod(a: argparse.Namespace) -> int:
     if a.quick and moddir is not None and depfile_up_to_date(moddir):
         return 0
     config = load_config(moddir.name, a.config) if moddir is not None else None
-    warm = depmod_warm_outputs(moddir, config, a) if not a.no_cache else None
+    skipped: list[FastlkmError] = []
+    files = module_files(moddir, config, skipped) if moddir is not None else None
+    keys = [file_key(p) for p, _ in files] if files is not None and not a.no_cache else None
+    warm = depmod_warm_outputs(moddir, config, a, files, keys) \
+        if keys is not None and not skipped else None
     if warm is not None and warm[1] is not None and not a.show:
         write_outputs(Path(a.output) if a.output else moddir, warm[1])  # type: ignore[arg-type]
         return 0
     moddir, modules, order, errors = modules_for_depmod(a.basedir, a.version, jobs=a.jobs,
                                                         config=config,
-                                                        use_cache=not a.no_cache)
-    for e in errors:
-        _note(f"error: {e}")
+                                                        use_cache=not a.no_cache,
+                                                        files=files, keys=keys)
+    errors = skipped + errors
+    _skipped(errors)
     if a.errsyms and not (a.filesyms or a.symvers):
         sys.stderr.write("depmod: WARNING: -e needs -E or -F\n")
     kernel_syms = depmod_kernel_symbols(a.filesyms, a.symvers)
     compat = a.kmod_compat is not None
     version = int(a.kmod_compat) if compat else 34
     report: list[str] | None = [] if a.errsyms and kernel_syms is not None else None
-    dm = build(modules, order, kernel_exports=kernel_syms, kmod_compat=compat, report=report,
-               check_symvers=a.symvers is not None,
-               moddir=str(moddir) if moddir is not None else None)
+    try:
+        dm = build(modules, order, kernel_exports=kernel_syms, kmod_compat=compat,
+                   report=report, check_symvers=a.symvers is not None,
+                   moddir=str(moddir) if moddir is not None else None)
+    except CycleError as e:
+        # as kmod's depmod: the cycles as errors, nothing written, status 1
+        for line in report or []:
+            sys.stderr.write(f"depmod: WARNING: {line}\n")
+        for line in e.lines:
+            sys.stderr.write(f"depmod: ERROR: {line}\n")
+        if not e.complete:
+            _note("too many cycles: the list above stops early; the count is every "
+                  "module in a cycle")
+        return EXIT_FAIL
     for line in report or []:
         sys.stderr.write(f"depmod: WARNING: {line}\n")
 
@@ -171,27 +210,26 @@ def cmd_depmod(a: argparse.Namespace) -> int:
         for name, data in files.items():
             if not name.endswith(".bin"):
                 sys.stdout.buffer.write(data)
-        return EXIT_ERROR if errors else 0
+        return EXIT_SKIPPED if errors else 0
     out = Path(a.output) if a.output else moddir
     if out is None:
         raise UsageError("a snapshot has no modules directory: give --output DIR")
     write_outputs(out, files)
     if warm is not None and not errors and moddir is not None:
         save_outputs(str(moddir.resolve()), warm[0], files)
-    return EXIT_ERROR if errors else 0
+    return EXIT_SKIPPED if errors else 0
 
 
-def depmod_warm_outputs(moddir: Path | None, config: object, a: argparse.Namespace
+def depmod_warm_outputs(moddir: Path | None, config: object, a: argparse.Namespace,
+                        files: list[tuple[str, str]], keys: list[tuple[int, ...] | None]
                         ) -> tuple[str, dict[str, bytes] | None] | None:
     """The key of this depmod run (every module file's key, the configuration, the
     options, fastlkm's version) and the outputs a previous identical run wrote, if any."""
     from fastlkm.io.cache import file_key, load_outputs, outputs_key
-    from fastlkm.kernel.tree import module_files
 
     if moddir is None or a.errsyms or a.warn:
         return None
-    files = module_files(moddir, config)  # type: ignore[arg-type]
-    inputs = [(p, shown, file_key(p)) for p, shown in files]
+    inputs = [(p, shown, k) for (p, shown), k in zip(files, keys, strict=True)]
     extra = [(n, file_key(str(moddir / n))) for n in
              ("modules.order", "modules.builtin", "modules.builtin.modinfo")]
     key = outputs_key([__version__, inputs, extra, config, a.kmod_compat, a.filesyms,
@@ -207,12 +245,11 @@ def cmd_snapshot(a: argparse.Namespace) -> int:
     from fastlkm.target import open_system, to_snapshot
 
     system = open_system(a.target, source=a.source, jobs=a.jobs)
-    for e in system.errors:
-        _note(f"error: {e}")
+    _skipped(system.errors)
     size = save(to_snapshot(system), a.output)
     _note(f"{a.output}: {len(system.modules)} modules, {len(system.kernel.exports)} kernel "
           f"exports, {size} bytes")
-    return EXIT_ERROR if system.errors else 0
+    return EXIT_SKIPPED if system.errors else 0
 
 
 # --- bench ----------------------------------------------------------------------------
@@ -260,6 +297,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
             if len(results) == 1:
                 write_json(results[0], f)
             else:
+                import json
+
                 json.dump([b.as_dict() for b in results], f, indent=1)
     if a.plot:
         from fastlkm.outputs.plot import plot
@@ -284,29 +323,31 @@ def cmd_hash(a: argparse.Namespace) -> int:
         if a.verbose and o.changed:
             moved = f", sorted {' '.join(o.sorted)}" if o.sorted else ""
             _note(f"{o.path}: {o.tables} tables{moved}")
-    for e in errors:
-        _note(f"error: {e}")
+    _skipped(errors)
     changed = sum(o.changed for o in outcomes)
     _note(f"{len(outcomes) + len(errors)} files: {changed} changed, "
           f"{len(outcomes) - changed} unchanged, {len(errors)} skipped")
-    return EXIT_ERROR if errors else 0
+    if errors:
+        return EXIT_SKIPPED if outcomes else EXIT_ERROR   # nothing processed: bad input
+    return 0
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
-    from fastlkm.outputs.postlink import verify_paths
+    from fastlkm.outputs.postlink import NOT_PROCESSED, verify_paths
 
     checked, errors = verify_paths(a.paths, a.jobs)
-    bad = 0
+    bad = todo = 0
     for path, problems in checked:
-        bad += bool(problems)
+        todo += problems == [NOT_PROCESSED]
+        bad += bool(problems) and problems != [NOT_PROCESSED]
         for p in problems:
             _out(f"{path}: {p}")
-    for e in errors:
-        _note(f"error: {e}")
-    _note(f"{len(checked)} files checked: {bad} with problems, {len(errors)} unreadable")
+    _skipped(errors)
+    _note(f"{len(checked)} files checked: {bad} with problems, {todo} not processed, "
+          f"{len(errors)} unreadable")
     if errors:
-        return EXIT_ERROR
-    return EXIT_FAIL if bad else 0
+        return EXIT_SKIPPED if checked else EXIT_ERROR   # nothing checked: bad input
+    return EXIT_FAIL if bad or todo else 0
 
 
 # --- main -----------------------------------------------------------------------------
@@ -314,9 +355,12 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastlkm", description="Fast symbol resolution for "
-                                "Linux loadable kernel modules.")
+                                "Linux loadable kernel modules.", epilog=EXIT_STATUS_HELP)
     p.add_argument("--version", action="version", version=f"fastlkm {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--max-decompressed", metavar="SIZE", type=_size, default=None,
+                   help="refuse a compressed module or kernel image that decodes to more "
+                        "than SIZE bytes (64M, 1G, ...; default 1G)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -393,13 +437,11 @@ def parser() -> argparse.ArgumentParser:
     common(b)
     b.set_defaults(func=cmd_bench)
 
-    from fastlkm.lookup.sections import STORABLE
-
     h = sub.add_parser("hash", help="embed hash tables (and sort export tables) in modules "
                        "and vmlinux")
     h.add_argument("paths", nargs="+", metavar="PATH",
                    help="a module (any compression), a vmlinux, or a tree of modules")
-    h.add_argument("--style", choices=list(STORABLE), default="sysv",
+    h.add_argument("--style", choices=HASH_STYLES, default="sysv",
                    help="the lookup layout to embed (default: sysv)")
     h.add_argument("--sort", action="store_true",
                    help="sort each export table of a module by name first")
@@ -432,8 +474,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _size(text: str) -> int:
+    from fastlkm.io.codecs import parse_size
+
+    try:
+        return parse_size(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    from fastlkm.io.codecs import DEFAULT_LIMIT, set_max_decompressed
+
     a = parser().parse_args(argv)
+    set_max_decompressed(a.max_decompressed or DEFAULT_LIMIT)
     try:
         return a.func(a)
     except FastlkmError as e:

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastlkm.errors import FastlkmError, NotFoundError
-from fastlkm.io.cache import FactsCache
+from fastlkm.io.cache import FactsCache, FileKey, file_key
 from fastlkm.kernel.depmod_d import DepmodConfig
 from fastlkm.kernel.facts import Export, Kernel, Module
+from fastlkm.kernel.scan import DepmodModule, from_module, scan_files
 from fastlkm.kernel.symvers import parse_symvers, vmlinux_exports
 from fastlkm.kernel.sysmap import parse_system_map
 from fastlkm.kernel.tree import (
+    MODULE_DIRS,
     Tree,
     compare_exports,
     find_tree,
@@ -71,9 +73,10 @@ def open_system(arg: str | None = None, *, source: str | None = None,
             return open_tree(find_tree(None), source=source, jobs=jobs, compare=compare,
                              progress=progress)
         arg = str(shipped_snapshot())
+    if os.path.isfile(arg) and not is_snapshot(arg):
+        return open_archive(arg, source=source, jobs=jobs, compare=compare,
+                            progress=progress)
     if os.path.isfile(arg):
-        if not is_snapshot(arg):
-            raise NotFoundError("not a kernel root, modules directory or snapshot", arg)
         snap = load(arg)
         return System(snap.kernel, snap.modules, snap.order, f"snapshot {arg}",
                       notes=[f"kernel exports: {snap.kernel.source} (from the snapshot)"])
@@ -81,13 +84,38 @@ def open_system(arg: str | None = None, *, source: str | None = None,
                      progress=progress)
 
 
+def open_archive(arg: str, *, source: str | None = None, jobs: int | None = None,
+                 compare: bool = False, progress: Callable[[int], None] | None = None
+                 ) -> System:
+    """A Debian kernel package or a tarball of a kernel root, opened as the root it
+    unpacks to (extracted once, see io/archive.py)."""
+    from fastlkm.io.archive import archive_kind, extracted
+
+    if archive_kind(arg) is None:
+        raise NotFoundError("not a kernel root, modules directory, snapshot, Debian "
+                            "package or tarball", arg)
+    root = extracted(arg)
+    if not any((root / d).is_dir() for d in MODULE_DIRS):
+        raise NotFoundError(f"no kernel modules in this archive (no {' or '.join(MODULE_DIRS)})",
+                            arg)
+    try:
+        tree = find_tree(str(root))
+    except NotFoundError as e:
+        raise NotFoundError(f"in this archive: {e.message}", arg) from None
+    system = open_tree(tree, source=source, jobs=jobs, compare=compare, progress=progress)
+    system.origin = arg
+    return system
+
+
 def open_tree(tree: Tree, *, source: str | None = None, jobs: int | None = None,
               compare: bool = False, progress: Callable[[int], None] | None = None) -> System:
     notes: list[str] = []
     kernel = load_kernel(tree, prefer=source, notes=notes)
     notes.append(f"kernel exports: {len(kernel.exports)} from {kernel.source}")
-    modules, errors = read_module_files(module_files(tree.moddir), jobs=jobs,
-                                        progress=progress)
+    skipped: list[FastlkmError] = []   # what the scan could not take
+    modules, errors = read_module_files(module_files(tree.moddir, skipped=skipped),
+                                        jobs=jobs, progress=progress)
+    errors = skipped + errors
     kernel = dataclasses.replace(kernel, vermagic=kernel_vermagic(modules))
     if compare:
         notes.extend(compare_sources(tree, kernel))
@@ -120,17 +148,39 @@ def to_snapshot(system: System) -> Snapshot:
 
 
 def modules_for_depmod(basedir: str | None, version: str | None, jobs: int | None = None,
-                       config: DepmodConfig | None = None, use_cache: bool = False
-                       ) -> tuple[Path | None, list[Module], list[str], list[FastlkmError]]:
+                       config: DepmodConfig | None = None, use_cache: bool = False,
+                       files: list[tuple[str, str]] | None = None,
+                       keys: list[FileKey | None] | None = None
+                       ) -> tuple[Path | None, list[DepmodModule], list[str], list[FastlkmError]]:
     """What depmod reads: ``BASEDIR/lib/modules/VERSION`` (or ``usr/lib/modules``), or the
-    modules of a snapshot.  The kernel's own exports are not needed."""
+    modules of a snapshot.  The kernel's own exports are not needed.  *files* and their
+    *keys* (module_files(), file_key()) when the caller has them already."""
     moddir = release_dir(basedir, version)
     if moddir is None:
         snap = load(version)  # type: ignore[arg-type]
-        return None, snap.modules, snap.order, []
-    cache = FactsCache(str(moddir.resolve())) if use_cache else None
-    modules, errors = read_module_files(module_files(moddir, config), jobs=jobs, cache=cache)
-    return moddir, modules, read_order(moddir), errors
+        return None, [from_module(m) for m in snap.modules], snap.order, []
+    if files is None:
+        files = module_files(moddir, config)
+    if not use_cache:
+        got, errors = scan_files(files, jobs)
+        return moddir, [m for m in got if m is not None], read_order(moddir), errors
+    cache = FactsCache(str(moddir.resolve()))
+    if keys is None:
+        keys = [file_key(p) for p, _ in files]
+    key_of = dict(zip((p for p, _ in files), keys, strict=True))
+
+    def cached(path: str, shown: str) -> DepmodModule | None:
+        hit = cache.get(path, key_of[path])   # stored as a plain tuple
+        if isinstance(hit, tuple) and len(hit) == len(DepmodModule._fields) and hit[0] == shown:
+            return DepmodModule._make(hit)
+        return None
+
+    got, errors = scan_files(files, jobs, cached)
+    for (path, _), m in zip(files, got, strict=True):
+        if m is not None and path not in cache.fresh:
+            cache.put(path, key_of[path], tuple(m))
+    cache.save()
+    return moddir, [m for m in got if m is not None], read_order(moddir), errors
 
 
 def release_dir(basedir: str | None, version: str | None) -> Path | None:

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from fastlkm.cli import main
-from fastlkm.io.cache import FactsCache, cache_dir, file_key, load_outputs, save_outputs
+from fastlkm.io.cache import (
+    HEADER,
+    SUFFIX,
+    FactsCache,
+    cache_dir,
+    file_key,
+    load_outputs,
+    save_outputs,
+)
 
 
 def test_facts_served_only_for_the_same_file(tmp_path: Path) -> None:
@@ -29,8 +37,8 @@ def test_damaged_cache_files_are_misses() -> None:
     save_outputs("y", "k", {"modules.dep": b"x"})
     assert load_outputs("y", "k") == {"modules.dep": b"x"}
     assert load_outputs("y", "other") is None
-    for p in cache_dir().glob("*.pickle"):
-        p.write_bytes(b"\x80\x05garbage")
+    for p in cache_dir().glob("*" + SUFFIX):
+        p.write_bytes(HEADER + b"\x80\x05garbage")   # a valid header, damaged contents
     assert load_outputs("y", "k") is None
     assert FactsCache("x").entries == {}
 
@@ -52,7 +60,7 @@ def test_warm_depmod_is_identical_and_notices_changes(corpus, tmp_path: Path) ->
         assert main(["depmod", "-b", str(sh), release, "-o", str(out)]) == 0
         outs.append({p.name: p.read_bytes() for p in out.iterdir()})
     assert outs[0] == outs[1] == outs[2]
-    assert len(list(cache_dir().glob("outputs-*.pickle"))) == 1
+    assert len(list(cache_dir().glob("outputs-*" + SUFFIX))) == 1
     victim = moddir / "kernel/lib/crc7.ko"
     os.unlink(victim)
     out = tmp_path / "after"

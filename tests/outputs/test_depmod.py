@@ -58,6 +58,19 @@ def test_dependencies_are_transitive_and_topologically_sorted() -> None:
     assert syms[1:] == [f"alias symbol:{n} {n[1]}" for n in hash_order(["fa", "fb"], 2048)]
 
 
+def test_dotted_names_and_weak_symbols() -> None:
+    # a leading '.' is stripped before the lookup (ppc64 ELFv1 function entry points);
+    # an unknown weak symbol is no error, an unknown strong one is reported with -e
+    mods = [_m("k/a.ko", (".fa",)), _m("k/b.ko", (), ("fa",)),
+            Module("c", "k/c.ko", imports=(Import("gone", weak=True), Import("lost")))]
+    for report in (None, []):
+        dm = build(mods, [], report=report, kernel_exports=[] if report is not None else None)
+        assert sorted(modules_dep(dm).decode().splitlines()) == [
+            "k/a.ko: k/b.ko", "k/b.ko:", "k/c.ko:"]   # in kmod's hash order
+        if report is not None:
+            assert report == ["k/c.ko needs unknown symbol lost"]
+
+
 def test_cycle_is_reported() -> None:
     from fastlkm.errors import FastlkmError
 
@@ -118,9 +131,12 @@ def test_depmod_matches_kmod(name: str, corpus, kmod_outputs, tmp_path: Path) ->
 
 
 def _system_modules(root: Path, release: str) -> list[Module]:
-    from fastlkm.target import modules_for_depmod
+    from fastlkm.kernel.tree import module_files, read_module_files
+    from fastlkm.target import release_dir
 
-    return modules_for_depmod(str(root), release)[1]
+    moddir = release_dir(str(root), release)
+    assert moddir is not None
+    return read_module_files(module_files(moddir))[0]
 
 
 @pytest.mark.corpus

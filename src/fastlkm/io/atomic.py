@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-# the temporary files below: ".NAME." + mkstemp's 8 random characters + ".tmp"; a scanner
-# never takes them for modules (they end in .tmp) and clean_temporaries() removes them
+# the temporary files below: ".NAME." + 8 random hex digits + ".tmp"; a scanner never takes
+# them for modules (they end in .tmp) and clean_temporaries() removes them (older ones
+# had mkstemp's 8 characters of [a-z0-9_])
 _TEMPORARY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def _temporary_beside(path: Path) -> Path:
+    return path.parent / f".{path.name}.{os.urandom(4).hex()}.tmp"
 
 
 def atomic_write(path: Path, data: bytes, mode: int | None = None,
@@ -28,7 +31,15 @@ def atomic_write(path: Path, data: bytes, mode: int | None = None,
             mode = path.stat().st_mode & 0o7777
         except FileNotFoundError:
             mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=d)
+    for _ in range(100):
+        tmp = _temporary_beside(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temporary name beside {path}")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -57,7 +68,7 @@ def atomic_symlink(target: str, link: Path) -> None:
     """Make *link* a symbolic link to *target*, replacing what is there in one rename."""
     link = Path(link)
     for _ in range(100):
-        tmp = link.parent / f".{link.name}.{secrets.token_hex(4)}.tmp"
+        tmp = _temporary_beside(link)
         try:
             os.symlink(target, tmp)
         except FileExistsError:

@@ -10,16 +10,22 @@ error; writes are atomic.
 from __future__ import annotations
 
 import contextlib
+import marshal
 import os
-import pickle
 import re
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
 
 from fastlkm.io.atomic import atomic_write
 
-FORMAT = 1
+FORMAT = 3
+# marshal is the fastest way in and out for plain tuples, strings and bytes, and it cannot
+# run code (pickle can); its format belongs to one Python, so the interpreter is part of
+# the header and a cache written by another one is a miss
+HEADER = f"fastlkm-cache {FORMAT} {sys.implementation.cache_tag}\n".encode()
+SUFFIX = ".cache"
 FileKey = tuple[int, int, int, int, int]
 
 
@@ -41,26 +47,25 @@ def _name(kind: str, ident: str) -> Path:
     """One file per kind and directory: its name readable, its CRC for uniqueness (the
     directory itself is stored inside and checked on load)."""
     tail = re.sub(r"[^A-Za-z0-9.+-]+", "_", ident)[-48:]
-    return cache_dir() / f"{kind}-{zlib.crc32(ident.encode()):08x}-{tail}.pickle"
+    return cache_dir() / f"{kind}-{zlib.crc32(ident.encode()):08x}-{tail}{SUFFIX}"
 
 
 def _load(path: Path) -> object | None:
     try:
         with open(path, "rb") as f:
-            doc = pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError,
-            TypeError, ImportError, IndexError):
+            data = f.read()
+        if not data.startswith(HEADER):
+            return None
+        return marshal.loads(memoryview(data)[len(HEADER):])
+    except (OSError, EOFError, ValueError, TypeError):
         return None
-    if not isinstance(doc, tuple) or len(doc) != 2 or doc[0] != FORMAT:
-        return None
-    return doc[1]
 
 
 def _save(path: Path, value: object) -> None:
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, ValueError):
+        data = HEADER + marshal.dumps(value)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, pickle.dumps((FORMAT, value), protocol=pickle.HIGHEST_PROTOCOL),
-                     0o600)
+        atomic_write(path, data, 0o600)
 
 
 class FactsCache:

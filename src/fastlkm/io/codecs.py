@@ -20,16 +20,38 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, BinaryIO
 
-import lz4.block
-import lz4.frame
-import zstandard
-
 from fastlkm.errors import DecompressError, FastlkmError, NotFoundError, UsageError
 
 Buffer = bytes | bytearray | memoryview
 
 DEFAULT_LIMIT = 1 << 30
 """Cap on decompressed output: far above any vmlinux or module, far below a bomb."""
+
+_run_limit = DEFAULT_LIMIT   # the cap of this run (set_max_decompressed(), --max-decompressed)
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """A byte count as ``1073741824``, ``64M``, ``1G`` or ``512KiB`` (binary units)."""
+    s = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = s[-1:] if s[-1:] in _SIZE_UNITS and s[-1:] else ""
+    digits = s[: len(s) - len(unit)]
+    if not digits.isdigit() or int(digits) == 0:
+        raise UsageError(f"not a size: {text!r} (give bytes, or a number with K, M, G or T)")
+    return int(digits) * _SIZE_UNITS[unit]
+
+
+def set_max_decompressed(size: int) -> None:
+    """Cap the output of every decoder whose caller names no limit, for the rest of the run
+    (worker processes forked afterwards inherit it)."""
+    global _run_limit
+    _run_limit = size
+
+
+def max_decompressed() -> int:
+    """The cap a decoder uses when its caller names none."""
+    return _run_limit
 
 # The decoders' dictionaries may be as large as their headers claim; never allow more than this
 # (or the output cap, when larger), so a forged header cannot make liblzma allocate gigabytes.
@@ -155,6 +177,8 @@ def _zstd_frame_size(src: memoryview) -> int:
 
 
 def _decode_zstd(src: memoryview, room: int) -> tuple[bytes, int]:
+    import zstandard  # the third-party codecs load when a file needs them
+
     # as decompress_unzstd() in lib/decompress_unzstd.c; the frame's end is found from its block
     # headers first, so the streaming reader sees exactly one frame and never the trailing data
     used = _zstd_frame_size(src)
@@ -174,6 +198,8 @@ def _decode_zstd(src: memoryview, room: int) -> tuple[bytes, int]:
 
 
 def _lz4_block(block: memoryview, room: int, offset: int) -> bytes:
+    import lz4.block
+
     size = min(_LZ4_LEGACY_BLOCK, room + 1)
     try:
         return lz4.block.decompress(block, uncompressed_size=size)
@@ -221,6 +247,8 @@ def _decode_lz4_legacy(src: memoryview, room: int) -> tuple[bytes, int]:
 
 
 def _decode_lz4_frame(src: memoryview, room: int) -> tuple[bytes, int]:
+    import lz4.frame
+
     d = lz4.frame.LZ4FrameDecompressor()
     try:
         out = d.decompress(src, max_length=room + 1)
@@ -244,6 +272,8 @@ def _encode_xz(data: Buffer, level: int | None) -> bytes:
 
 
 def _encode_zstd(data: Buffer, level: int | None) -> bytes:
+    import zstandard
+
     # as cmd_zstd in scripts/Makefile.modinst: zstd at its default level, which writes the
     # content size and a checksum
     cctx = zstandard.ZstdCompressor(
@@ -355,17 +385,21 @@ def _run(data: Buffer, fmt: str | None, room: int, path: str | None) -> bytes:
 
 
 def decompress(
-    data: Buffer, fmt: str | None = None, *, limit: int = DEFAULT_LIMIT, path: str | None = None
+    data: Buffer, fmt: str | None = None, *, limit: int | None = None, path: str | None = None
 ) -> bytes:
-    """Decode *data* (format *fmt*, or found by detect()), producing at most *limit* bytes.
+    """Decode *data* (format *fmt*, or found by detect()), producing at most *limit* bytes
+    (default: max_decompressed()).
 
     Streams of the same format that follow one another are joined; anything else after the
     last complete stream is ignored. Raises DecompressError when the input is truncated,
     corrupt, or would decode to more than *limit* bytes.
     """
+    if limit is None:
+        limit = _run_limit
     out = _run(data, fmt, limit, path)
     if len(out) > limit:
-        raise DecompressError(f"decompressed size exceeds {limit} bytes", path)
+        raise DecompressError(f"decompressed size exceeds {limit} bytes (the cap, "
+                              "--max-decompressed)", path)
     return out
 
 
@@ -374,7 +408,7 @@ def peek(data: Buffer, fmt: str | None = None, size: int = 64, *, path: str | No
     return _run(data, fmt, size, path)[:size]
 
 
-def decompress_file(path: str | os.PathLike[str], *, limit: int = DEFAULT_LIMIT) -> bytes:
+def decompress_file(path: str | os.PathLike[str], *, limit: int | None = None) -> bytes:
     """Contents of the file at *path*, decompressed when its suffix or magic says so.
 
     A ``.xz``/``.zst``/``.gz``/``.bz2``/``.lzma`` suffix requires that format (``.lz4``
@@ -430,6 +464,8 @@ class _StreamReader(io.RawIOBase):
         self._zstd: Any = None
         self._d: Any = None
         if fmt == "zstd":
+            import zstandard
+
             self._zstd = zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True)
         elif fmt == "gzip":
             self._d = zlib.decompressobj(wbits=31)
@@ -455,6 +491,8 @@ class _StreamReader(io.RawIOBase):
     def _decode(self, want: int) -> bytes:
         fmt = self._fmt or "plain"
         if self._zstd is not None:
+            import zstandard
+
             try:
                 return self._zstd.read(want)
             except zstandard.ZstdError as e:
@@ -480,8 +518,9 @@ class _StreamReader(io.RawIOBase):
         return b""
 
 
-def open_stream(src: BinaryIO, fmt: str | None, *, limit: int = DEFAULT_LIMIT,
+def open_stream(src: BinaryIO, fmt: str | None, *, limit: int | None = None,
                 path: str | None = None) -> BinaryIO:
     """A file object decoding *src* (format *fmt*: gzip, xz, lzma, bzip2, zstd, or None for
     plain) as it is read, raising DecompressError past *limit* bytes of output."""
+    limit = _run_limit if limit is None else limit
     return io.BufferedReader(_StreamReader(src, fmt, limit, path), _STREAM_CHUNK)

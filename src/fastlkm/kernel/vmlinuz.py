@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fastlkm.errors import DecompressError, FormatError
-from fastlkm.io.codecs import CODECS, DEFAULT_LIMIT, Buffer, decompress, detect, peek
+from fastlkm.io.codecs import CODECS, Buffer, decompress, detect, max_decompressed, peek
 
 _ELF_MAGIC = b"\x7fELF"
 
@@ -178,7 +178,7 @@ def _extract(data: bytes, path: str | None, limit: int, nested: bool) -> bytes:
     return inner
 
 
-def extract_vmlinux(data: Buffer, path: str | None = None, *, limit: int = DEFAULT_LIMIT) -> bytes:
+def extract_vmlinux(data: Buffer, path: str | None = None, *, limit: int | None = None) -> bytes:
     """The ELF vmlinux in the kernel image *data* (read from *path*, named in errors).
 
     ELF input is returned as it is; a wholly compressed file is decoded once and looked into
@@ -187,6 +187,8 @@ def extract_vmlinux(data: Buffer, path: str | None = None, *, limit: int = DEFAU
     the image holds no ELF file, DecompressError when its payload cannot be decoded or would
     exceed *limit* bytes.
     """
+    if limit is None:
+        limit = max_decompressed()
     return _extract(data if isinstance(data, bytes) else bytes(data), path, limit, nested=False)
 
 

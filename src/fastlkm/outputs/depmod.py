@@ -11,18 +11,22 @@ Byte-identical output needs kmod's own orders, which this module reproduces:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import itemgetter
 
-from fastlkm.errors import FastlkmError
+from fastlkm.errors import CycleError
 from fastlkm.kernel.facts import Export, Module
 from fastlkm.kernel.module import modname
+from fastlkm.kernel.scan import DEP_DOTTED, DEP_WEAK, DepmodModule, from_module
 from fastlkm.outputs.kmod_index import Index
 
 SYMBOL_HASH_BUCKETS = 2048   # hash_new(2048, ...) for depmod->symbols
 MODULE_HASH_BUCKETS = 512    # hash_new(512, ...) for depmod->modules_by_name
 
 
-def hash_superfast(key: bytes) -> int:
+def py_hash_superfast(key: bytes) -> int:
     """Paul Hsieh's SuperFastHash as kmod's shared/hash.c computes it (little-endian
     16-bit loads, signed char in the 3-byte tail, 32-bit arithmetic)."""
     m = 0xFFFFFFFF
@@ -60,18 +64,27 @@ def hash_superfast(key: bytes) -> int:
     return h
 
 
-def hash_order(names: list[str], buckets: int) -> list[str]:
+def py_hash_order(names: list[str], buckets: int) -> list[str]:
     """The order in which kmod's hash_iter visits *names*."""
-    keyed = [(hash_superfast(n.encode()) & (buckets - 1), n.encode(), n) for n in names]
+    keyed = [(py_hash_superfast(n.encode()) & (buckets - 1), n.encode(), n) for n in names]
     keyed.sort()
     return [n for _, _, n in keyed]
 
 
-@dataclass
+try:   # the same two in C (_kmod_index.c) when it is built
+    from fastlkm.outputs._kmod_index import (  # type: ignore[import-not-found]
+        hash_order,
+        hash_superfast,
+    )
+except ImportError:
+    hash_order, hash_superfast = py_hash_order, py_hash_superfast
+
+
+@dataclass(eq=False)
 class DepmodMod:
     """One module as depmod tracks it (struct mod in kmod's depmod.c)."""
 
-    module: Module
+    module: DepmodModule
     relpath: str
     name: str
     idx: int = 0
@@ -87,6 +100,8 @@ class Depmod:
     mods: list[DepmodMod]
     symbols: dict[str, tuple[DepmodMod | None, int]]   # name -> (owner, crc)
     cycles: list[str] = field(default_factory=list)
+    owned: list[tuple[str, DepmodMod]] | None = None    # module_symbols(), once computed
+    lines: list[str] | None = None                      # dep_lines(), once computed
 
 
 def uncompressed_relpath(relpath: str) -> str:
@@ -97,10 +112,10 @@ def uncompressed_relpath(relpath: str) -> str:
     return relpath[:cut]
 
 
-def build(modules: list[Module], order: list[str], kernel_exports: list[Export] | None = None,
-          kmod_compat: bool = False, sym_prefix: str = "",
-          report: list[str] | None = None, check_symvers: bool = False,
-          moddir: str | None = None) -> Depmod:
+def build(modules: Sequence[DepmodModule | Module], order: list[str],
+          kernel_exports: list[Export] | None = None, kmod_compat: bool = False,
+          sym_prefix: str = "", report: list[str] | None = None,
+          check_symvers: bool = False, moddir: str | None = None) -> Depmod:
     """Compute what depmod computes.  *modules* in the order depmod found them (readdir
     order); *order* the lines of modules.order; *kernel_exports* given as depmod's
     -E/-F would (they only add CRCs and fake symbols: they are never dependencies).
@@ -108,6 +123,8 @@ def build(modules: list[Module], order: list[str], kernel_exports: list[Export] 
     mismatches) are appended with depmod's own words; paths shown under *moddir*."""
     by_name: dict[str, DepmodMod] = {}
     for m in modules:
+        if isinstance(m, Module):
+            m = from_module(m)
         dm = DepmodMod(m, m.path, modname(m.path))
         by_name.setdefault(dm.name, dm)
     # depmod_modules_build_array(): hash iteration order, then stable sort by modules.order
@@ -115,14 +132,16 @@ def build(modules: list[Module], order: list[str], kernel_exports: list[Export] 
     if order:
         by_unc = {uncompressed_relpath(d.relpath): d for d in mods}
         total = len(order) + 1
-        sort_idx = {id(d): 1 for d in mods}
+        for d in mods:
+            d.dep_sort_idx = 1
         for i, line in enumerate(order, 1):
             d = by_unc.get(line)
             if d is not None:
-                sort_idx[id(d)] = i - total
-        mods.sort(key=lambda d: sort_idx[id(d)])
+                d.dep_sort_idx = i - total
+        mods.sort(key=lambda d: d.dep_sort_idx)
     for i, d in enumerate(mods):
         d.idx = i
+        d.dep_sort_idx = 0x7FFFFFFF
 
     symbols: dict[str, tuple[DepmodMod | None, int]] = {}
 
@@ -141,54 +160,77 @@ def build(modules: list[Module], order: list[str], kernel_exports: list[Export] 
     # depmod_load_modules(): later modules overwrite earlier owners of a name
     for d in mods:
         m = d.module
-        if kmod_compat and m.kmod_symbols is not None:
-            for n in m.kmod_symbols:
-                add(n, d, 0, False)
+        if kmod_compat and _kmod_reads_other_names(m):
+            names, crcs = m.kmod_symbols, repeat(0)
         else:
-            for e in m.exports:
-                add(e.name, d, e.crc or 0, False)
-    # depmod_load_dependencies()
+            names, crcs = m.exports, m.crcs
+        if sym_prefix:
+            for n, c in zip(names, crcs, strict=False):
+                add(n, d, c, False)
+        else:
+            symbols.update(zip(names, zip(repeat(d), crcs, strict=False), strict=False))
+    # depmod_load_dependencies(): a module depends on the owner of each symbol it needs,
+    # in the order of first need
+    get = symbols.get
     for d in mods:
-        path = d.relpath if moddir is None or d.relpath.startswith("/") else \
-            f"{moddir}/{d.relpath}"
-        for name, weak, crc in dependency_symbols_full(d.module):
-            key = name[1:] if name.startswith(".") else name
+        m = d.module
+        # (DEP_DOTTED is the high flag: a module without dotted names has max() below it)
+        if report is None and not sym_prefix and not (m.flags and max(m.flags) >= DEP_DOTTED):
+            # the same, at the speed of the builtins that iterate
+            owners = dict.fromkeys(map(_owner, filter(None, map(get, m.deps))))
+            owners.pop(None, None)
+            d.deps = list(owners)
+            for owner in d.deps:
+                owner.users += 1
+            continue
+        deps = d.deps
+        for name, flags, crc in zip(m.deps, m.flags, m.dep_crcs, strict=True):
+            weak = flags & DEP_WEAK
+            key = name[1:] if name[:1] == "." else name
             if sym_prefix and key.startswith(sym_prefix):
                 key = key[1:]
-            hit = symbols.get(key)
+            hit = get(key)
             if hit is None:
                 if report is not None and not weak:
-                    report.append(f"{path} needs unknown symbol {name}")
+                    report.append(f"{_shown(d, moddir)} needs unknown symbol {name}")
                 continue
             if report is not None and check_symvers and hit[1] != crc and not weak:
-                report.append(f"{path} disagrees about version of symbol {name}")
-            if hit[0] is None:
-                continue
+                report.append(f"{_shown(d, moddir)} disagrees about version of symbol {name}")
             owner = hit[0]
-            if owner not in d.deps:
-                d.deps.append(owner)
+            if owner is not None and owner not in deps:
+                deps.append(owner)
                 owner.users += 1
     dm = Depmod(mods, symbols)
     _calculate_dependencies(dm)
     return dm
 
 
+_owner = itemgetter(0)
+
+
+def _kmod_reads_other_names(m: DepmodModule) -> bool:
+    """Whether kmod_elf_get_symbols() names other symbols than the export tables (the
+    namespaces of __ksymtab_strings, or __crc_ symbols of another set)."""
+    if m.kmod_symbols == m.exports:
+        return False
+    names = set(m.exports)
+    return len(m.kmod_symbols) != len(names) or set(m.kmod_symbols) != names
+
+
+def _shown(d: DepmodMod, moddir: str | None) -> str:
+    return d.relpath if moddir is None or d.relpath.startswith("/") else \
+        f"{moddir}/{d.relpath}"
+
+
 def dependency_symbols(m: Module) -> list[str]:
     """kmod_elf_get_dependency_symbols(): the undefined symbols, then the __versions
     entries no undefined symbol named (module_layout)."""
-    return [n for n, _, _ in dependency_symbols_full(m)]
-
-
-def dependency_symbols_full(m: Module) -> list[tuple[str, bool, int]]:
-    """(name, weak, expected CRC or 0) of each dependency symbol, in kmod's order."""
-    out = [(i.name, i.weak, i.crc or 0) for i in m.imports]
-    seen = {i.name for i in m.imports}
-    out += [(n, False, c) for n, c in m.versions if n not in seen]
-    return out
+    return list(from_module(m).deps)
 
 
 def _calculate_dependencies(dm: Depmod) -> None:
-    """depmod_calculate_dependencies(): Kahn's sort with a stack of roots."""
+    """depmod_calculate_dependencies(): Kahn's sort with a stack of roots; modules left
+    over are in or behind a cycle, reported as depmod_report_cycles() does (CycleError)."""
     mods = dm.mods
     users = [d.users for d in mods]
     roots = [i for i, u in enumerate(users) if u == 0]
@@ -202,11 +244,164 @@ def _calculate_dependencies(dm: Depmod) -> None:
             if users[dst.idx] == 0:
                 roots.append(dst.idx)
     if n_sorted < len(mods):
-        dm.cycles = [mods[i].name for i, u in enumerate(users) if u > 0]
-        raise FastlkmError(f"found {len(dm.cycles)} modules in dependency cycles: "
-                           + ", ".join(sorted(dm.cycles)[:10]))
+        lines, cyclic, complete = _report_cycles(mods, users)
+        dm.cycles = cyclic
+        raise CycleError(lines, complete)
     for d in mods:
         d.deps.sort(key=lambda x: x.dep_sort_idx)
+
+
+CYCLE_WALK_BUDGET = 1_000_000   # steps the cycle report may take before it stops
+Vertex = tuple[int, "Vertex | None", int]   # struct vertex: module index, parent, depth
+
+
+def _report_cycles(mods: list[DepmodMod], users: list[int]
+                   ) -> tuple[list[str], list[str], bool]:
+    """depmod_report_cycles() and depmod_report_cycles_from_root(): (depmod's lines, the
+    names of the modules in cycles, whether the listing is complete).
+
+    Every module left with users is a root, in array order; from each, a depth-first walk
+    over its dependencies (pushed in order, popped last first) prints a path that returns
+    to the root as ``Cycle detected: r -> ... -> r`` and drops the path's modules from the
+    roots; a module without dependencies is dropped too.  As in kmod, 'visited' outlives
+    one walk, so a root reached by an earlier walk prints ``Cycle detected: r`` alone.
+    kmod never finishes when a walk meets a cycle that does not pass through its root;
+    here such a path is not followed again and a module of another cycle is not marked
+    visited, so that cycle is listed from its own root.  A branch that cannot lead back to
+    the root is walked once (what it does is done), and the walk stops after
+    CYCLE_WALK_BUDGET steps (complete = False: the count is then every module in a
+    cycle)."""
+    comp = _components(mods, users)
+    roots = _RootList([i for i, u in enumerate(users) if u > 0])
+    visited = [False] * len(mods)
+    settled = [False] * len(mods)   # walked from a vertex that cannot reach its root
+    loop_set: dict[str, None] = {}
+    lines: list[str] = []
+    budget = CYCLE_WALK_BUDGET
+    while roots.head is not None and budget > 0:
+        root = roots.head
+        roots.remove(root)
+        stack: list[Vertex] = [(root, None, 0)]
+        while stack and budget > 0:
+            vertex = stack.pop()
+            m, parent, depth = vertex
+            if visited[m] and m == root:
+                # depmod_report_one_cycle(): the path from the root to here
+                path = []
+                while parent is not None:
+                    path.append(parent[0])
+                    parent = parent[1]
+                path.reverse()
+                for i in path:
+                    loop_set.setdefault(mods[i].name)
+                    roots.remove(i)
+                lines.append("Cycle detected: "
+                             + "".join(mods[i].name + " -> " for i in path) + mods[m].name)
+                budget -= depth
+                continue
+            reach = comp[root] >= 0 and comp[m] == comp[root]
+            if reach or comp[m] < 0:
+                visited[m] = True
+            if not mods[m].deps:
+                roots.remove(m)
+                continue
+            if not reach:
+                if settled[m]:
+                    continue
+                settled[m] = True
+            elif m != root:
+                budget -= depth
+                if _on_path(parent, m):
+                    continue
+            budget -= 1
+            stack.extend((dep.idx, vertex, depth + 1) for dep in mods[m].deps)
+    complete = budget > 0
+    if not complete:
+        for i, d in enumerate(mods):
+            if comp[i] >= 0:
+                loop_set.setdefault(d.name)
+    lines.append(f"Found {len(loop_set)} modules in dependency cycles!")
+    return lines, list(loop_set), complete
+
+
+class _RootList:
+    """depmod's list of roots: kmod's circular list, where kmod_list_remove_data() returns
+    the removed entry's successor as the new head (so the next root is not always the
+    first one left in array order)."""
+
+    def __init__(self, items: list[int]):
+        self.head: int | None = items[0] if items else None
+        self.nxt = {a: b for a, b in zip(items, items[1:] + items[:1], strict=True)}
+        self.prv = {b: a for a, b in self.nxt.items()}
+
+    def remove(self, i: int) -> None:
+        nxt = self.nxt.pop(i, None)
+        if nxt is None:
+            return
+        prv = self.prv.pop(i)
+        if nxt == i:
+            self.head = None
+            return
+        self.nxt[prv] = nxt
+        self.prv[nxt] = prv
+        self.head = nxt
+
+
+def _on_path(vertex: Vertex | None, m: int) -> bool:
+    while vertex is not None:
+        if vertex[0] == m:
+            return True
+        vertex = vertex[1]
+    return False
+
+
+def _components(mods: list[DepmodMod], users: list[int]) -> list[int]:
+    """Tarjan's strongly connected components of the modules left with users: a
+    component number for a module in a cycle (one with a dependency on itself
+    included), -1 for the others."""
+    n = len(mods)
+    index = [-1] * n
+    low = [0] * n
+    on_stack = [False] * n
+    comp = [-1] * n
+    stack: list[int] = []
+    counter = ncomp = 0
+    for start in range(n):
+        if users[start] <= 0 or index[start] >= 0:
+            continue
+        work = [(start, 0)]
+        while work:
+            v, k = work.pop()
+            if k == 0:
+                index[v] = low[v] = counter
+                counter += 1
+                stack.append(v)
+                on_stack[v] = True
+            deps = mods[v].deps
+            if k < len(deps):
+                work.append((v, k + 1))
+                w = deps[k].idx
+                if index[w] < 0:
+                    work.append((w, 0))
+                elif on_stack[w]:
+                    low[v] = min(low[v], index[w])
+                continue
+            if low[v] == index[v]:
+                members = []
+                while True:
+                    w = stack.pop()
+                    on_stack[w] = False
+                    members.append(w)
+                    if w == v:
+                        break
+                if len(members) > 1 or mods[v] in mods[v].deps:
+                    for w in members:
+                        comp[w] = ncomp
+                    ncomp += 1
+            if work:
+                u = work[-1][0]
+                low[u] = min(low[u], low[v])
+    return comp
 
 
 def all_dependencies(d: DepmodMod) -> list[DepmodMod]:
@@ -225,19 +420,29 @@ def all_dependencies(d: DepmodMod) -> list[DepmodMod]:
     return out
 
 
+def dep_lines(dm: Depmod) -> list[str]:
+    """Each module's modules.dep line without its newline, in dm.mods order."""
+    if dm.lines is None:
+        dm.lines = [d.relpath + ":" + "".join(" " + x.relpath for x in all_dependencies(d))
+                    if d.deps else d.relpath + ":" for d in dm.mods]
+    return dm.lines
+
+
 def modules_dep(dm: Depmod) -> bytes:
-    lines = []
-    for d in dm.mods:
-        deps = all_dependencies(d) if d.deps else []
-        lines.append(d.relpath + ":" + "".join(" " + x.relpath for x in deps) + "\n")
-    return "".join(lines).encode()
+    return "".join(line + "\n" for line in dep_lines(dm)).encode()
+
+
+def module_symbols(dm: Depmod) -> list[tuple[str, DepmodMod]]:
+    """(name, owner) of every symbol a module exports, in kmod's symbol-hash order."""
+    if dm.owned is None:
+        owners = {n: owner for n, (owner, _) in dm.symbols.items() if owner is not None}
+        dm.owned = [(n, owners[n]) for n in hash_order(list(owners), SYMBOL_HASH_BUCKETS)]
+    return dm.owned
 
 
 def modules_symbols(dm: Depmod) -> bytes:
     out = ["# Aliases for symbols, used by symbol_request().\n"]
-    names = [n for n, (owner, _) in dm.symbols.items() if owner is not None]
-    for n in hash_order(names, SYMBOL_HASH_BUCKETS):
-        out.append(f"alias symbol:{n} {dm.symbols[n][0].name}\n")   # type: ignore[union-attr]
+    out += [f"alias symbol:{n} {owner.name}\n" for n, owner in module_symbols(dm)]
     return "".join(out).encode()
 
 
@@ -268,8 +473,9 @@ def alias_normalize(alias: str) -> str | None:
     return "".join(out)
 
 
-def _info(d: DepmodMod, key: str) -> list[str]:
-    return [v for k, v in d.module.modinfo if k == key]
+def _info(d: DepmodMod, key: str) -> tuple[str, ...]:
+    m = d.module
+    return m.aliases if key == "alias" else m.softdeps if key == "softdep" else m.weakdeps
 
 
 def modules_alias(dm: Depmod) -> bytes:
@@ -313,10 +519,13 @@ def modules_devname(dm: Depmod) -> tuple[bytes, list[str]]:
     out: list[str] = []
     warnings: list[str] = []
     for d in dm.mods:
+        aliases = _info(d, "alias")
+        if not any(map(str.startswith, aliases, repeat("devname:"))):
+            continue   # nothing to write or warn about
         devname = None
         kind = ""
         major = minor = 0
-        for v in _info(d, "alias"):
+        for v in aliases:
             if v.startswith("devname:"):
                 devname = v[len("devname:"):]
             elif (mm := _major_minor(v, "char-major-")) is not None:
@@ -338,14 +547,15 @@ def modules_devname(dm: Depmod) -> tuple[bytes, list[str]]:
 
 def _dep_index(dm: Depmod) -> Index:
     ix = Index()
-    for d in dm.mods:
-        deps = all_dependencies(d) if d.deps else []
-        ix.insert(d.name, d.relpath + ":" + "".join(" " + x.relpath for x in deps), d.idx)
+    for d, line in zip(dm.mods, dep_lines(dm), strict=True):
+        ix.insert(d.name, line, d.idx)
     return ix
 
 
 def _alias_index(dm: Depmod) -> tuple[Index, list[str]]:
-    ix = Index()
+    keys: list[str] = []
+    values: list[str] = []
+    prios: list[int] = []
     warnings = []
     for d in dm.mods:
         for v in _info(d, "alias"):
@@ -353,16 +563,17 @@ def _alias_index(dm: Depmod) -> tuple[Index, list[str]]:
             if a is None:
                 warnings.append(f"Unmatched bracket in {v}")
                 continue
-            ix.insert(a, d.name, d.idx)
+            keys.append(a)
+            values.append(d.name)
+            prios.append(d.idx)
+    ix = Index()
+    ix.insert_many(keys, values, prios)
     return ix, warnings
 
 
 def _symbol_index(dm: Depmod) -> Index:
     ix = Index()
-    names = [n for n, (owner, _) in dm.symbols.items() if owner is not None]
-    for n in hash_order(names, SYMBOL_HASH_BUCKETS):
-        owner = dm.symbols[n][0]
-        assert owner is not None
+    for n, owner in module_symbols(dm):
         ix.insert("symbol:" + n, owner.name, owner.idx)
     return ix
 

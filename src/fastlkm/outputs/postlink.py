@@ -23,7 +23,7 @@ from fastlkm.elf.reader import ElfFile
 from fastlkm.elf.structs import ELFMAG, ET_DYN, ET_EXEC, ET_REL
 from fastlkm.elf.writer import ElfWriter, NewSection
 from fastlkm.errors import FastlkmError, FormatError, NotFoundError, UsageError
-from fastlkm.io.atomic import atomic_write
+from fastlkm.io.atomic import atomic_symlink, atomic_write, clean_temporaries
 from fastlkm.io.codecs import compress, decompress, detect
 from fastlkm.kernel.ksymtab import read_exports, table_entries
 from fastlkm.kernel.module import is_module_path
@@ -35,6 +35,7 @@ from fastlkm.lookup.strategies import STRATEGIES
 from fastlkm.outputs.sections import hash_sections
 
 STYLES = tuple(STORABLE)
+NOT_PROCESSED = "not processed by fastlkm hash (no embedded tables)"
 RECOMPRESSED = ("xz", "zstd", "gzip")   # what the kernel's module decompressor reads
 
 
@@ -204,10 +205,15 @@ class Plan:
     copies: list[tuple[str, str]] = field(default_factory=list)      # other files of trees
     links: list[tuple[str, str]] = field(default_factory=list)       # (target, link)
     dirs: list[str] = field(default_factory=list)
+    skipped: list[FastlkmError] = field(default_factory=list)   # unreadable, not files
 
 
-def _walk(root: str) -> Iterator[tuple[str, list[str], list[str]]]:
-    for d, subdirs, files in os.walk(root):
+def _walk(root: str, skipped: list[FastlkmError]
+          ) -> Iterator[tuple[str, list[str], list[str]]]:
+    def unreadable(e: OSError) -> None:
+        skipped.append(FastlkmError(f"cannot read directory: {e.strerror or e}", e.filename))
+
+    for d, subdirs, files in os.walk(root, onerror=unreadable):
         subdirs.sort()
         yield d, subdirs, sorted(files)
 
@@ -218,7 +224,7 @@ def plan_paths(paths: Iterable[str], output: str | None = None) -> Plan:
     plan = Plan()
     for p in paths:
         if os.path.isdir(p):
-            for d, subdirs, files in _walk(p):
+            for d, subdirs, files in _walk(p, plan.skipped):
                 rel = os.path.relpath(d, p)
                 out_d = os.path.normpath(os.path.join(output, rel)) if output else None
                 if out_d:
@@ -231,11 +237,16 @@ def plan_paths(paths: Iterable[str], output: str | None = None) -> Plan:
                         continue
                     if name in subdirs:
                         continue
-                    if is_module_path(name):
+                    if is_module_path(name) and not os.path.isfile(f):
+                        # a FIFO would block the read; a device is no module
+                        plan.skipped.append(FastlkmError("not a regular file", f))
+                    elif is_module_path(name):
                         plan.jobs.append(Job(f, os.path.join(out_d, name) if out_d else None,
                                              os.path.getsize(f)))
                     elif out_d:
                         plan.copies.append((f, os.path.join(out_d, name)))
+        elif os.path.exists(p) and not os.path.isfile(p):
+            plan.skipped.append(FastlkmError("not a regular file", p))
         elif os.path.exists(p):
             dst = os.path.join(output, os.path.basename(p)) if output else None
             plan.jobs.append(Job(p, dst, os.path.getsize(p)))
@@ -290,16 +301,18 @@ def hash_paths(paths: list[str], opts: HashOptions, output: str | None = None,
     plan = plan_paths(paths, output)
     for d in plan.dirs:
         os.makedirs(d, exist_ok=True)
-    errors: list[FastlkmError] = []
+    # a run killed mid-write leaves at most a temporary file beside each target: whole
+    # files are renamed into place, never written there
+    clean_temporaries([*(j.dst or j.src for j in plan.jobs), *(d for _, d in plan.copies),
+                       *(link for _, link in plan.links)])
+    errors: list[FastlkmError] = list(plan.skipped)
     for src, dst in plan.copies:
         try:
             _copy(src, dst)
         except OSError as e:
             errors.append(FastlkmError(f"cannot copy: {e.strerror or e}", src))
     for target, link in plan.links:
-        if os.path.lexists(link):
-            os.unlink(link)
-        os.symlink(target, link)
+        atomic_symlink(target, Path(link))
     results = _run(_hash_one, [(j.src, j.dst, opts) for j in plan.jobs],
                    [j.size for j in plan.jobs], jobs)
     outcomes = [r for r in results if isinstance(r, Outcome)]
@@ -308,12 +321,15 @@ def hash_paths(paths: list[str], opts: HashOptions, output: str | None = None,
 
 
 def verify_file(path: str) -> list[str]:
-    """The problems of the embedded tables of one file (see verify_image)."""
+    """The problems of the embedded tables of one file (see verify_image); a file that
+    needs tables and holds none of fastlkm's sections is only [NOT_PROCESSED]."""
     raw = _read(path)
     fmt = detect(raw)
     plain = decompress(raw, fmt, path=path) if fmt else raw
     body, _ = split_signature(plain, path)
-    return verify_image(ElfFile(body, path))
+    elf = ElfFile(body, path)
+    problems = verify_image(elf)
+    return [NOT_PROCESSED] if problems and not fastlkm_sections(elf) else problems
 
 
 def _verify_one(path: str) -> tuple[str, list[str]] | FastlkmError:
@@ -332,5 +348,5 @@ def verify_paths(paths: list[str], jobs: int | None = None
     results = _run(_verify_one, [j.src for j in plan.jobs],  # type: ignore[arg-type]
                    [j.size for j in plan.jobs], jobs)
     checked = [r for r in results if isinstance(r, tuple)]
-    errors = [r for r in results if isinstance(r, FastlkmError)]
+    errors = plan.skipped + [r for r in results if isinstance(r, FastlkmError)]
     return checked, errors  # type: ignore[return-value]
