@@ -149,12 +149,25 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_depmod(a: argparse.Namespace) -> int:
+    import gc
+
+    # a run allocates a few hundred thousand objects that live until it ends: the cyclic
+    # collector would only walk them again and again
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _depmod(a)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _depmod(a: argparse.Namespace) -> int:
+    # what a warm run needs, and only that: the rest is imported once work is to be done
     from fastlkm.io.cache import file_key, save_outputs
     from fastlkm.kernel.depmod_d import load_config
-    from fastlkm.kernel.tree import depfile_up_to_date, module_files
-    from fastlkm.outputs.depmod import build, depmod_files
+    from fastlkm.kernel.modfiles import depfile_up_to_date, module_files, release_dir
     from fastlkm.outputs.write import write_outputs
-    from fastlkm.target import depmod_kernel_symbols, modules_for_depmod, release_dir
 
     moddir = release_dir(a.basedir, a.version)
     if a.quick and moddir is not None and depfile_up_to_date(moddir):
@@ -168,6 +181,9 @@ def cmd_depmod(a: argparse.Namespace) -> int:
     if warm is not None and warm[1] is not None and not a.show:
         write_outputs(Path(a.output) if a.output else moddir, warm[1])  # type: ignore[arg-type]
         return 0
+    from fastlkm.outputs.depmod import build, depmod_files
+    from fastlkm.target import depmod_kernel_symbols, modules_for_depmod
+
     moddir, modules, order, errors = modules_for_depmod(a.basedir, a.version, jobs=a.jobs,
                                                         config=config,
                                                         use_cache=not a.no_cache,
@@ -484,10 +500,12 @@ def _size(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastlkm.io.codecs import DEFAULT_LIMIT, set_max_decompressed
-
     a = parser().parse_args(argv)
-    set_max_decompressed(a.max_decompressed or DEFAULT_LIMIT)
+    if a.max_decompressed or "fastlkm.io.codecs" in sys.modules:
+        # (not imported yet: its cap is the default; an earlier main() may have set one)
+        from fastlkm.io.codecs import DEFAULT_LIMIT, set_max_decompressed
+
+        set_max_decompressed(a.max_decompressed or DEFAULT_LIMIT)
     try:
         return a.func(a)
     except FastlkmError as e:

@@ -15,18 +15,16 @@ from fastlkm.errors import FastlkmError, NotFoundError
 from fastlkm.io.cache import FactsCache, FileKey, file_key
 from fastlkm.kernel.depmod_d import DepmodConfig
 from fastlkm.kernel.facts import Export, Kernel, Module
+from fastlkm.kernel.modfiles import MODULE_DIRS, module_files, read_order, release_dir
 from fastlkm.kernel.scan import DepmodModule, from_module, scan_files
 from fastlkm.kernel.symvers import parse_symvers, vmlinux_exports
 from fastlkm.kernel.sysmap import parse_system_map
 from fastlkm.kernel.tree import (
-    MODULE_DIRS,
     Tree,
     compare_exports,
     find_tree,
     load_kernel,
-    module_files,
     read_module_files,
-    read_order,
 )
 from fastlkm.snapshot import Snapshot, is_snapshot, load
 
@@ -181,19 +179,6 @@ def modules_for_depmod(basedir: str | None, version: str | None, jobs: int | Non
             cache.put(path, key_of[path], tuple(m))
     cache.save()
     return moddir, [m for m in got if m is not None], read_order(moddir), errors
-
-
-def release_dir(basedir: str | None, version: str | None) -> Path | None:
-    """The modules directory depmod works on, or None for a snapshot."""
-    if version is not None and os.path.isfile(version) and is_snapshot(version):
-        return None
-    release = version or platform.release()
-    root = Path(basedir) if basedir else Path("/")
-    for d in ("lib/modules", "usr/lib/modules"):
-        if (root / d / release).is_dir():
-            return root / d / release
-    raise NotFoundError(f"no modules directory for {release}",
-                        str(root / "lib/modules" / release))
 
 
 def depmod_kernel_symbols(system_map: str | None, symvers: str | None

@@ -14,8 +14,9 @@ from fastlkm.errors import FormatError
 from fastlkm.io.codecs import decompress_file
 from fastlkm.kernel.facts import License, Module
 from fastlkm.kernel.ksymtab import kmod_symbols, read_exports
+from fastlkm.kernel.modfiles import scan_modules
 from fastlkm.kernel.symvers import SymversEntry, parse_symvers
-from fastlkm.kernel.tree import find_tree, read_modules, scan_modules
+from fastlkm.kernel.tree import find_tree, read_modules
 from tests.elf.elfbuild import (
     EM_386,
     EM_AARCH64,

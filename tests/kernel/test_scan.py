@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from fastlkm.errors import FastlkmError, FormatError
 from fastlkm.io.codecs import compress, decompress_file
 from fastlkm.kernel import scan as scan_mod
+from fastlkm.kernel.modfiles import module_files
 from fastlkm.kernel.module import parse_module
 from fastlkm.kernel.scan import DepmodModule, from_module, scan_files
-from fastlkm.kernel.tree import module_files
 from tests.conftest import KERNELS
 from tests.elf.test_reader import SMALL, mutated
 from tests.kernel.test_ksymtab import EXPORTS, MACHINES, build_module

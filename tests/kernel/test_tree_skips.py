@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from fastlkm.cli import main
-from fastlkm.kernel.tree import scan_modules
+from fastlkm.kernel.modfiles import scan_modules
 from tests.outputs.test_depmod_cycles import dep_module
 
 RELEASE = "6.0.0"

@@ -102,8 +102,7 @@ def _fastlkm(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 def test_hash_killed_mid_rewrite(corpus, tmp_path: Path) -> None:
     import shutil
 
-    from fastlkm.kernel.module import is_module_path
-    from fastlkm.kernel.tree import scan_modules
+    from fastlkm.kernel.modfiles import is_module_path, scan_modules
 
     orig = _small_tree(corpus, tmp_path / "orig")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
@@ -174,7 +173,7 @@ def test_hash_leftovers_are_ignored_then_removed(tmp_path: Path) -> None:
     scanner takes it for a module, and the next run removes it (and only it)."""
     from fastlkm.cli import main
     from fastlkm.io.codecs import compress
-    from fastlkm.kernel.tree import scan_modules
+    from fastlkm.kernel.modfiles import scan_modules
     from fastlkm.outputs.postlink import plan_paths
     from tests.kernel.test_ksymtab import EXPORTS, build_module
 

@@ -131,8 +131,8 @@ def test_depmod_matches_kmod(name: str, corpus, kmod_outputs, tmp_path: Path) ->
 
 
 def _system_modules(root: Path, release: str) -> list[Module]:
-    from fastlkm.kernel.tree import module_files, read_module_files
-    from fastlkm.target import release_dir
+    from fastlkm.kernel.modfiles import module_files, release_dir
+    from fastlkm.kernel.tree import read_module_files
 
     moddir = release_dir(str(root), release)
     assert moddir is not None

@@ -19,11 +19,13 @@ def _temporary_beside(path: Path) -> Path:
 
 
 def atomic_write(path: Path, data: bytes, mode: int | None = None,
-                 sync_dir: bool = True) -> None:
+                 sync_dir: bool = True, durable: bool = True) -> None:
     """Replace *path* with *data* so that a crash leaves the old or the new file whole.
 
     The mode of an existing file is kept unless *mode* is given (else 0644).  A caller
-    writing several files into one directory may sync it once itself (sync_directory())."""
+    writing several files into one directory may sync it once itself (sync_directory()).
+    Not *durable*: no fsync, so a power cut may lose the write (but a process killed at
+    any moment still leaves the old or the new file whole)."""
     path = Path(path)
     d = path.parent
     if mode is None:
@@ -45,13 +47,14 @@ def atomic_write(path: Path, data: bytes, mode: int | None = None,
             f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    if sync_dir:
+    if sync_dir and durable:
         sync_directory(d)
 
 

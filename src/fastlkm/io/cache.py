@@ -65,7 +65,8 @@ def _save(path: Path, value: object) -> None:
     with contextlib.suppress(OSError, ValueError):
         data = HEADER + marshal.dumps(value)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, data, 0o600)
+        # a cache may be lost in a crash (a miss next time), never half-read: no fsync
+        atomic_write(path, data, 0o600, durable=False)
 
 
 class FactsCache:

@@ -623,38 +623,58 @@ static int read_kmod_symbols(scan_t *e)
 	return 0;
 }
 
+/* a set of names by index into an array of str_t: open addressing, FNV-1a */
 typedef struct {
-	str_t s;
-	size_t pos;
-} keyed_t;
+	uint32_t *slot;   /* index + 1, 0 for empty */
+	size_t mask;
+	const str_t *names;
+} nameset_t;
 
-static int cmp_keyed(const void *a, const void *b)
+static uint32_t fnv1a(str_t s)
 {
-	const keyed_t *x = a, *y = b;
-	size_t n = x->s.len < y->s.len ? x->s.len : y->s.len;
-	int c = memcmp(x->s.p, y->s.p, n);
-	if (c)
-		return c;
-	if (x->s.len != y->s.len)
-		return x->s.len < y->s.len ? -1 : 1;
-	return x->pos < y->pos ? -1 : x->pos > y->pos;
+	uint32_t h = 2166136261u;
+	for (size_t i = 0; i < s.len; i++)
+		h = (h ^ (uint8_t)s.p[i]) * 16777619u;
+	return h;
 }
 
-/* the first entry of sorted v[0..n) whose name is s, or NULL */
-static const keyed_t *find_keyed(const keyed_t *v, size_t n, str_t s)
+static int nameset_init(nameset_t *t, const str_t *names, size_t n)
 {
-	size_t lo = 0, hi = n;
-	keyed_t k = {s, 0};
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (cmp_keyed(&v[mid], &k) < 0)
-			lo = mid + 1;
-		else
-			hi = mid;
+	size_t cap = 16;
+	while (cap < 2 * n)
+		cap *= 2;
+	t->slot = calloc(cap, sizeof(uint32_t));
+	t->mask = cap - 1;
+	t->names = names;
+	return t->slot ? 0 : -1;
+}
+
+/* the slot of name: where it is, or the empty slot where it would go */
+static uint32_t *nameset_slot(const nameset_t *t, str_t name)
+{
+	for (size_t i = fnv1a(name) & t->mask;; i = (i + 1) & t->mask) {
+		uint32_t *sl = &t->slot[i];
+		if (!*sl)
+			return sl;
+		str_t x = t->names[*sl - 1];
+		if (x.len == name.len && !memcmp(x.p, name.p, name.len))
+			return sl;
 	}
-	if (lo < n && v[lo].s.len == s.len && !memcmp(v[lo].s.p, s.p, s.len))
-		return &v[lo];
-	return NULL;
+}
+
+/* add names[i] unless an equal name is there: the first one stays */
+static void nameset_add(nameset_t *t, size_t i)
+{
+	uint32_t *sl = nameset_slot(t, t->names[i]);
+	if (!*sl)
+		*sl = (uint32_t)(i + 1);
+}
+
+/* the index of name, or -1 */
+static ssize_t nameset_find(const nameset_t *t, str_t name)
+{
+	uint32_t sl = *nameset_slot(t, name);
+	return sl ? (ssize_t)sl - 1 : -1;
 }
 
 /* read_versions() then the dependency symbols of kmod's depmod */
@@ -662,7 +682,7 @@ static int read_deps(scan_t *e)
 {
 	list_t ver = {0};
 	int rc = -1;
-	keyed_t *vs = NULL, *is = NULL;
+	nameset_t vs = {0}, is = {0};
 	const shdr_t *v = section(e, "__versions");
 	if (v) {
 		size_t len;
@@ -716,30 +736,35 @@ static int read_deps(scan_t *e)
 	}
 	size_t nimp = e->deps.n;
 	if (ver.n) {
-		vs = malloc(ver.n * sizeof(*vs));
-		is = malloc((nimp ? nimp : 1) * sizeof(*is));
-		if (!vs || !is)
+		if (nameset_init(&vs, ver.s, ver.n) || nameset_init(&is, e->deps.s, nimp))
 			goto out;
 		for (size_t i = 0; i < ver.n; i++)
-			vs[i] = (keyed_t){ver.s[i], i};
-		qsort(vs, ver.n, sizeof(*vs), cmp_keyed);
+			nameset_add(&vs, i);
 		for (size_t i = 0; i < nimp; i++) {
-			const keyed_t *k = find_keyed(vs, ver.n, e->deps.s[i]);
-			if (k)
-				e->deps.crc[i] = ver.crc[k->pos];
-			is[i] = (keyed_t){e->deps.s[i], i};
+			ssize_t k = nameset_find(&vs, e->deps.s[i]);
+			if (k >= 0)
+				e->deps.crc[i] = ver.crc[k];
+			nameset_add(&is, i);
 		}
-		qsort(is, nimp, sizeof(*is), cmp_keyed);
+		/* (is.names is e->deps.s: decide first, push after, so no realloc moves it) */
+		uint8_t *unnamed = malloc(ver.n);
+		if (!unnamed)
+			goto out;
 		for (size_t i = 0; i < ver.n; i++)
-			if (!find_keyed(is, nimp, ver.s[i]) &&
+			unnamed[i] = nameset_find(&is, ver.s[i]) < 0;
+		for (size_t i = 0; i < ver.n; i++)
+			if (unnamed[i] &&
 			    list_push(&e->deps, ver.s[i].p, ver.s[i].len, ver.crc[i],
-				      ver.s[i].len && ver.s[i].p[0] == '.' ? DEP_DOTTED : 0))
+				      ver.s[i].len && ver.s[i].p[0] == '.' ? DEP_DOTTED : 0)) {
+				free(unnamed);
 				goto out;
+			}
+		free(unnamed);
 	}
 	rc = 0;
 out:
-	free(vs);
-	free(is);
+	free(vs.slot);
+	free(is.slot);
 	list_free(&ver);
 	return rc;
 }

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_PATHS = ("/etc/depmod.d", "/run/depmod.d", "/usr/local/lib/depmod.d",
@@ -20,13 +19,32 @@ DEFAULT_PATHS = ("/etc/depmod.d", "/run/depmod.d", "/usr/local/lib/depmod.d",
 BUILTIN, EXTERNAL = "built-in", "external"
 
 
-@dataclass
 class DepmodConfig:
-    searches: list[str] = field(default_factory=list)     # newest first, as kmod's list
-    overrides: list[str] = field(default_factory=list)    # "SUBDIR/MODNAME", newest first
-    externals: list[str] = field(default_factory=list)    # absolute dirs, newest first
-    excludes: list[str] = field(default_factory=list)
-    messages: list[str] = field(default_factory=list)
+    """What depmod.d says (a plain class: a warm depmod run must not pay for importing
+    dataclasses); its repr is part of the output cache's key."""
+
+    __slots__ = ("excludes", "externals", "messages", "overrides", "searches")
+
+    def __init__(self, searches: list[str] | None = None, overrides: list[str] | None = None,
+                 externals: list[str] | None = None, excludes: list[str] | None = None,
+                 messages: list[str] | None = None) -> None:
+        self.searches = searches or []     # newest first, as kmod's list
+        self.overrides = overrides or []   # "SUBDIR/MODNAME", newest first
+        self.externals = externals or []   # absolute dirs, newest first
+        self.excludes = excludes or []
+        self.messages = messages or []
+
+    def _fields(self) -> tuple[list[str], ...]:
+        return tuple(getattr(self, f) for f in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DepmodConfig) and self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]   # mutable, as the dataclass it was
+
+    def __repr__(self) -> str:
+        return "DepmodConfig(" + ", ".join(
+            f"{f}={getattr(self, f)!r}" for f in self.__slots__) + ")"
 
     def existing_wins(self, old: tuple[str | None, str], new: tuple[str | None, str]) -> bool:
         """depmod_module_is_higher_priority(): does the module file found first, *old*,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from fastlkm.elf.reader import ElfFile
 from fastlkm.elf.structs import (
     EM_SPARC,
@@ -18,24 +16,11 @@ from fastlkm.errors import FastlkmError
 from fastlkm.io.codecs import decompress_file
 from fastlkm.kernel.facts import Import, Module
 from fastlkm.kernel.ksymtab import kmod_symbols, read_exports
+from fastlkm.kernel.modfiles import modname
 from fastlkm.kernel.modinfo import read_modinfo
 from fastlkm.kernel.modversions import read_versions
 
 MODULE_SIG_STRING = b"~Module signature appended~\n"
-MODULE_EXTS = (".ko", ".ko.xz", ".ko.zst", ".ko.gz", ".ko.bz2", ".ko.lz4")
-
-
-def modname(path: str) -> str:
-    """The module name of a file: basename up to the first '.', '-' -> '_'
-    (modname_normalize() in kmod)."""
-    base = os.path.basename(path)
-    return base.split(".", 1)[0].replace("-", "_")
-
-
-def is_module_path(path: str) -> bool:
-    return path.endswith(MODULE_EXTS)
-
-
 def parse_module(data: bytes, path: str, relpath: str | None = None) -> Module:
     """Decode the facts of one (decompressed) module image."""
     signed = data.endswith(MODULE_SIG_STRING)

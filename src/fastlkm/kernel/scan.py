@@ -20,7 +20,8 @@ from typing import NamedTuple
 from fastlkm.errors import FastlkmError, FormatError
 from fastlkm.io.codecs import decompress, detect, max_decompressed
 from fastlkm.kernel.facts import Module
-from fastlkm.kernel.module import modname, parse_module
+from fastlkm.kernel.modfiles import modname
+from fastlkm.kernel.module import parse_module
 
 try:
     from fastlkm.kernel import _scan as _native

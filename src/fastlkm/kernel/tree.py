@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,16 +19,14 @@ from fastlkm.elf.reader import ElfFile
 from fastlkm.errors import FastlkmError, FormatError, NotFoundError
 from fastlkm.io.cache import FactsCache, file_key
 from fastlkm.io.codecs import decompress_file
-from fastlkm.kernel.depmod_d import DepmodConfig
 from fastlkm.kernel.facts import Export, Kernel, Module
 from fastlkm.kernel.kconfig import parse_config
 from fastlkm.kernel.ksymtab import read_exports
-from fastlkm.kernel.module import is_module_path, modname, read_module
+from fastlkm.kernel.modfiles import MODULE_DIRS
+from fastlkm.kernel.module import read_module
 from fastlkm.kernel.symvers import parse_symvers, vmlinux_exports
 from fastlkm.kernel.sysmap import is_stub, parse_system_map
 from fastlkm.kernel.vmlinuz import extract_vmlinux
-
-MODULE_DIRS = ("lib/modules", "usr/lib/modules")
 
 
 def resolve_in_root(root: Path | None, path: Path) -> Path:
@@ -269,87 +267,6 @@ def compare_exports(a: list[Export] | tuple[Export, ...], b: list[Export] | tupl
     return out
 
 
-# --- the modules ----------------------------------------------------------------------
-
-EXCLUDED_DIRS = frozenset({".", "..", "build", "source"})
-
-
-def scan_modules(moddir: Path, excludes: frozenset[str] = frozenset(),
-                 skipped: list[FastlkmError] | None = None) -> Iterator[str]:
-    """Module files under *moddir*, relative, depth-first in readdir order as depmod walks
-    them (depmod_modules_search_dir()); 'build' and 'source' are skipped, and a directory
-    seen before (a symlink loop) is not entered twice.  What cannot be read, a loop, and a
-    module name that is no regular file are appended to *skipped*, one error each."""
-    base = str(moddir)
-    yield from _scan_sub(base, base, excludes, {}, skipped if skipped is not None else [])
-
-
-def _scan_sub(d: str, base: str, excludes: frozenset[str],
-              seen: dict[tuple[int, int], str], skipped: list[FastlkmError]) -> Iterator[str]:
-    try:
-        st = os.stat(d)
-        entries = list(os.scandir(d))
-    except OSError as e:
-        skipped.append(FastlkmError(f"cannot read directory: {e.strerror or e}", d))
-        return
-    first = seen.setdefault((st.st_dev, st.st_ino), d)
-    if first != d:
-        # depmod would follow the link until it runs out of file descriptors
-        skipped.append(FastlkmError(f"symbolic link loop: the directory {first} again, "
-                                    "not entered", d))
-        return
-    prefix = d[len(base) + 1:] + "/" if d != base else ""
-    for e in entries:
-        if e.name in EXCLUDED_DIRS or e.name in excludes:
-            continue
-        try:
-            if e.is_dir():
-                yield from _scan_sub(e.path, base, excludes, seen, skipped)
-                continue
-            if not is_module_path(e.name):
-                continue
-            if e.is_file():
-                yield prefix + e.name
-                continue
-            why = ("dangling symbolic link" if e.is_symlink() and not os.path.exists(e.path)
-                   else "not a regular file")
-        except OSError as err:
-            why = f"cannot stat: {err.strerror or err}"
-        skipped.append(FastlkmError(why, e.path))
-
-
-def choose_modules(files: list[tuple[str, str | None]], config: DepmodConfig
-                   ) -> list[tuple[str, str | None]]:
-    """One file per module name, as depmod_modules_search_file() chooses between files of
-    the same name: *files* are (path, path relative to the modules directory or None) in
-    the order found; the config's overrides and search order decide."""
-    chosen: dict[str, tuple[str, str | None]] = {}
-    for path, rel in files:
-        name = modname(path)
-        old = chosen.get(name)
-        if old is not None and config.existing_wins((old[1], old[0]), (rel, path)):
-            continue
-        chosen[name] = (path, rel)
-    keep = set(chosen.values())
-    return [f for f in files if f in keep]
-
-
-def module_files(moddir: Path, config: DepmodConfig | None = None,
-                 skipped: list[FastlkmError] | None = None) -> list[tuple[str, str]]:
-    """The module files depmod takes: (full path, path as modules.dep names it: relative
-    to the modules directory, or absolute for an external directory); what the scan
-    skipped is appended to *skipped* (scan_modules())."""
-    config = config or DepmodConfig(searches=["updates"])
-    excludes = frozenset(config.excludes)
-    found: list[tuple[str, str | None]] = [
-        (str(moddir / r), r) for r in scan_modules(moddir, excludes, skipped)]
-    for ext in reversed(config.externals):   # depmod searches them in file order
-        d = Path(ext)
-        if d.is_dir():
-            found += [(str(d / r), None) for r in scan_modules(d, excludes, skipped)]
-    return [(p, rel if rel is not None else p) for p, rel in choose_modules(found, config)]
-
-
 def _read_one(args: tuple[str, str]) -> Module | FastlkmError:
     path, rel = args
     try:
@@ -402,26 +319,3 @@ def read_module_files(args: list[tuple[str, str]], jobs: int | None = None,
     if cache is not None:
         cache.save()
     return mods, errors
-
-
-def read_order(moddir: Path) -> list[str]:
-    """modules.order lines (relative paths of uncompressed names)."""
-    f = moddir / "modules.order"
-    if not f.is_file():
-        return []
-    return f.read_text(errors="replace").splitlines()
-
-
-def depfile_up_to_date(moddir: Path) -> bool:
-    """depfile_up_to_date(): is modules.dep at least as new as every module file?"""
-    try:
-        mtime = int((moddir / "modules.dep").stat().st_mtime)
-    except OSError:
-        return False
-    for rel in scan_modules(moddir):
-        try:
-            if int((moddir / rel).stat().st_mtime) > mtime:
-                return False
-        except OSError:
-            continue
-    return True

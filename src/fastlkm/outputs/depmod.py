@@ -18,7 +18,7 @@ from operator import itemgetter
 
 from fastlkm.errors import CycleError
 from fastlkm.kernel.facts import Export, Module
-from fastlkm.kernel.module import modname
+from fastlkm.kernel.modfiles import modname
 from fastlkm.kernel.scan import DEP_DOTTED, DEP_WEAK, DepmodModule, from_module
 from fastlkm.outputs.kmod_index import Index
 
@@ -601,8 +601,11 @@ def builtin_alias_index(modinfo: bytes) -> tuple[Index, list[str]]:
         """flush_stream_to(): bytes up to *end*, a NUL or EOF; (text, stopped at end)"""
         nonlocal pos
         start = pos
-        while pos < n and modinfo[pos] not in (end, 0):
-            pos += 1
+        nul = modinfo.find(b"\0", pos)
+        if nul < 0:
+            nul = n
+        stop = modinfo.find(end.to_bytes(1, "little"), pos, nul) if end else -1
+        pos = stop if stop >= 0 else nul
         hit = pos < n and modinfo[pos] == end
         text = modinfo[start:pos].decode("utf-8", "replace")
         pos += 1 if pos < n else 0

@@ -26,7 +26,7 @@ from fastlkm.errors import FastlkmError, FormatError, NotFoundError, UsageError
 from fastlkm.io.atomic import atomic_symlink, atomic_write, clean_temporaries
 from fastlkm.io.codecs import compress, decompress, detect
 from fastlkm.kernel.ksymtab import read_exports, table_entries
-from fastlkm.kernel.module import is_module_path
+from fastlkm.kernel.modfiles import is_module_path
 from fastlkm.kernel.signature import sign, split_signature
 from fastlkm.kernel.sort import export_table_sections, sort_exports, sort_order
 from fastlkm.loader.embedded import fastlkm_sections, verify_image
