@@ -181,8 +181,8 @@ def _depmod(a: argparse.Namespace) -> int:
     if warm is not None and warm[1] is not None and not a.show:
         write_outputs(Path(a.output) if a.output else moddir, warm[1])  # type: ignore[arg-type]
         return 0
+    from fastlkm.depmod_input import depmod_kernel_symbols, modules_for_depmod
     from fastlkm.outputs.depmod import build, depmod_files
-    from fastlkm.target import depmod_kernel_symbols, modules_for_depmod
 
     moddir, modules, order, errors = modules_for_depmod(a.basedir, a.version, jobs=a.jobs,
                                                         config=config,

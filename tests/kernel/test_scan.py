@@ -93,6 +93,18 @@ def test_mutations_decline_or_agree(data: bytes) -> None:
         assert comparable(DepmodModule("m.ko", *got)) == comparable(ref)
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(data=mutated())
+def test_reading_from_files_is_reading_from_memory(tmp_path: Path, data: bytes) -> None:
+    # scan_files() reads only the sections the parse touches: it must see what scan()
+    # sees in the whole image, hostile images included
+    f = tmp_path / "m.ko"
+    f.write_bytes(data)
+    want = native.scan(data) if len(data) >= 64 else None
+    assert native.scan_files([os.fsencode(f)], 1, 1 << 30) == [want]
+
+
 def test_declines_what_is_not_a_module() -> None:
     for data in (b"", b"\x7fELF", b"garbage" * 100, SMALL["x86_64"][1][:200]):
         assert native.scan(data) is None

@@ -16,9 +16,8 @@ import lzma
 import os
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from fastlkm.errors import DecompressError, FastlkmError, NotFoundError, UsageError
 
@@ -291,8 +290,7 @@ def _encode_gzip(data: Buffer, level: int | None) -> bytes:
 # -- the codec table -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Codec:
+class Codec(NamedTuple):   # (not a dataclass: importing dataclasses is slow)
     """One compression format: how to recognise it, decode one stream, and maybe encode."""
 
     name: str

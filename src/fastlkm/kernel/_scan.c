@@ -17,7 +17,8 @@
  *                 order, then __versions entries that no undefined symbol named
  *   flags         one byte per dep: DEP_WEAK for a weak undefined symbol, DEP_DOTTED
  *                 for a name with a leading '.' (which depmod strips)
- *   dep_crcs      the CRC each dep expects (first __versions entry of its name), or 0
+ *   dep_crcs      the CRC each dep expects (first __versions entry of its name), or 0:
+ *                 u32 little-endian each, in bytes (only depmod -e looks at them)
  *   aliases, softdeps, weakdeps
  *                 the values of these .modinfo keys, in file order (get_next_modinfo():
  *                 NUL-separated key=value strings)
@@ -85,6 +86,12 @@ typedef struct {
 typedef struct {
 	const uint8_t *d;
 	size_t size;
+	/* reading from a file (scan_files()): the image is a buffer of the file's size of
+	 * which only what the parse touches is read, section by section (load()) */
+	int fd;                /* -1: the whole image is in memory */
+	uint8_t *wbuf;         /* d, writable */
+	uint8_t *loaded;       /* per section: read already */
+	int failed;            /* a read failed: the result is void */
 	int is64, little;
 	uint16_t e_type, machine;
 	size_t shnum;
@@ -155,6 +162,7 @@ static void list_free(list_t *l)
 	free(l->s);
 	free(l->crc);
 	free(l->flag);
+	*l = (list_t){0};
 }
 
 /* cstring() of elf/reader.py: up to a NUL or the end of the buffer */
@@ -164,8 +172,37 @@ static str_t cstr(const uint8_t *base, size_t len, size_t at)
 	return (str_t){(const char *)base + at, z ? (size_t)(z - base) - at : len - at};
 }
 
-static const uint8_t *sec_data(const scan_t *e, const shdr_t *s, size_t *len)
+/* make bytes [off, off + len) of the file present in the image (bounds checked by the
+ * caller against the file size) */
+static void load(scan_t *e, uint64_t off, uint64_t len)
 {
+	if (e->fd < 0 || e->failed)
+		return;
+	size_t got = 0;
+	while (got < len) {
+		ssize_t r = pread(e->fd, e->wbuf + off + got, len - got, (off_t)(off + got));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			e->failed = 1;   /* the file changed under us or cannot be read */
+			return;
+		}
+		got += (size_t)r;
+	}
+}
+
+static void load_section(scan_t *e, const shdr_t *s)
+{
+	size_t i = (size_t)(s - e->sh);
+	if (e->fd < 0 || e->loaded[i] || s->type == SHT_NOBITS)
+		return;
+	e->loaded[i] = 1;
+	load(e, s->offset, s->size);
+}
+
+static const uint8_t *sec_data(scan_t *e, const shdr_t *s, size_t *len)
+{
+	load_section(e, s);
 	if (s->type == SHT_NOBITS) {
 		*len = 0;
 		return e->d;
@@ -218,6 +255,7 @@ static int read_sections(scan_t *e)
 		return 0;
 	if (shentsize != shentsize_want || shoff > size || shoff + shentsize > size)
 		return -1;
+	load(e, shoff, shentsize);
 	uint64_t shnum = shnum16;
 	const uint8_t *h0 = d + shoff;
 	if (shnum16 == 0 || shstrndx == SHN_XINDEX) {
@@ -227,6 +265,9 @@ static int read_sections(scan_t *e)
 			shstrndx = rd32(e, h0 + (e->is64 ? 40 : 24));
 	}
 	if (shnum > (size - shoff) / shentsize)
+		return -1;
+	load(e, shoff, shnum * shentsize);
+	if (e->fd >= 0 && !(e->loaded = calloc(shnum ? shnum : 1, 1)))
 		return -1;
 	e->shnum = shnum;
 	e->sh = malloc((shnum ? shnum : 1) * sizeof(shdr_t));
@@ -282,6 +323,7 @@ static int read_symbols(scan_t *e)
 	e->syms = malloc((e->nsyms ? e->nsyms : 1) * sizeof(sym_t));
 	if (!e->syms)
 		return -1;
+	load_section(e, st);
 	const uint8_t *p = e->d + st->offset;
 	size_t bound = e->strtab_len ? e->strtab_len : 1;
 	for (size_t i = 0; i < e->nsyms; i++, p += es) {
@@ -329,7 +371,7 @@ static int has_prefix(str_t s, const char *prefix, size_t n)
  * 4-aligned offsets inside the section (the only ones asked for); every relocation is
  * checked as the reference checks it.
  */
-static int relocations_for(const scan_t *e, size_t target, reloc_t **out, uint32_t **slot,
+static int relocations_for(scan_t *e, size_t target, reloc_t **out, uint32_t **slot,
 			   size_t *nslots)
 {
 	const shdr_t *t = &e->sh[target];
@@ -352,6 +394,7 @@ static int relocations_for(const scan_t *e, size_t target, reloc_t **out, uint32
 		size_t es = e->is64 ? (rela ? 24 : 16) : (rela ? 12 : 8);
 		if (rs->size % es)
 			goto fail;
+		load_section(e, rs);
 		const uint8_t *p = e->d + rs->offset;
 		for (size_t k = 0; k < rs->size / es; k++, p += es) {
 			uint64_t off = e->is64 ? rd64(e, p) : rd32(e, p);
@@ -468,7 +511,7 @@ typedef struct {
 } target_ctx;
 
 /* target() in _read_relocatable(): the string a field's relocation points at */
-static int field_target(const scan_t *e, const target_ctx *c, uint64_t off, str_t *out)
+static int field_target(scan_t *e, const target_ctx *c, uint64_t off, str_t *out)
 {
 	const reloc_t *r = reloc_at(c->r, c->slot, c->nslots, off);
 	if (!r)
@@ -795,23 +838,91 @@ static int scan_image(scan_t *e)
 					return -1;
 		}
 	}
+	return e->failed ? -1 : 0;
+}
+
+/*
+ * One str object per distinct name of a batch: most modules need the same few hundred
+ * symbols, and a str made once also keeps its hash for every dict lookup after.
+ */
+typedef struct {
+	str_t key;
+	uint32_t hash;
+	PyObject *obj;   /* owned: released by intern_free() */
+} interned_t;
+
+typedef struct {
+	interned_t *slot;
+	size_t mask, n;
+} interns_t;
+
+static void intern_free(interns_t *t)
+{
+	if (t->slot)
+		for (size_t i = 0; i <= t->mask; i++)
+			Py_XDECREF(t->slot[i].obj);
+	free(t->slot);
+	*t = (interns_t){0};
+}
+
+static int intern_grow(interns_t *t)
+{
+	size_t cap = t->slot ? 2 * (t->mask + 1) : 1024;
+	interned_t *slot = calloc(cap, sizeof(*slot));
+	if (!slot)
+		return -1;
+	if (t->slot)
+		for (size_t i = 0; i <= t->mask; i++) {
+			interned_t *x = &t->slot[i];
+			if (!x->obj)
+				continue;
+			size_t j = x->hash & (cap - 1);
+			while (slot[j].obj)
+				j = (j + 1) & (cap - 1);
+			slot[j] = *x;
+		}
+	free(t->slot);
+	t->slot = slot;
+	t->mask = cap - 1;
 	return 0;
 }
 
-static PyObject *names_tuple(const list_t *l)
+/* a new reference to the str of s (UTF-8, invalid bytes replaced) */
+static PyObject *intern_str(interns_t *t, str_t s)
 {
-	PyObject *t = PyTuple_New((Py_ssize_t)l->n);
-	if (!t)
+	if (2 * (t->n + 1) > (t->slot ? t->mask + 1 : 0) && intern_grow(t))
+		return PyErr_NoMemory();
+	uint32_t h = fnv1a(s);
+	size_t i = h & t->mask;
+	for (;; i = (i + 1) & t->mask) {
+		interned_t *x = &t->slot[i];
+		if (!x->obj)
+			break;
+		if (x->hash == h && x->key.len == s.len && !memcmp(x->key.p, s.p, s.len))
+			return Py_NewRef(x->obj);
+	}
+	PyObject *o = PyUnicode_DecodeUTF8(s.p, (Py_ssize_t)s.len, "replace");
+	if (!o)
+		return NULL;
+	t->slot[i] = (interned_t){s, h, Py_NewRef(o)};
+	t->n++;
+	return o;
+}
+
+static PyObject *names_tuple(const list_t *l, interns_t *t)
+{
+	PyObject *tup = PyTuple_New((Py_ssize_t)l->n);
+	if (!tup)
 		return NULL;
 	for (size_t i = 0; i < l->n; i++) {
-		PyObject *s = PyUnicode_DecodeUTF8(l->s[i].p, (Py_ssize_t)l->s[i].len, "replace");
+		PyObject *s = intern_str(t, l->s[i]);
 		if (!s) {
-			Py_DECREF(t);
+			Py_DECREF(tup);
 			return NULL;
 		}
-		PyTuple_SET_ITEM(t, (Py_ssize_t)i, s);
+		PyTuple_SET_ITEM(tup, (Py_ssize_t)i, s);
 	}
-	return t;
+	return tup;
 }
 
 static PyObject *crcs_tuple(const list_t *l)
@@ -830,23 +941,55 @@ static PyObject *crcs_tuple(const list_t *l)
 	return t;
 }
 
-static PyObject *result(const scan_t *e)
+/* u32 little-endian each: the dependencies' CRCs matter only to depmod -e */
+static PyObject *crcs_bytes(const list_t *l)
 {
-	PyObject *weak = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)e->deps.n);
-	if (weak && e->deps.n)
-		memcpy(PyBytes_AS_STRING(weak), e->deps.flag, e->deps.n);
-	return Py_BuildValue("(NNNNNNNNN)", names_tuple(&e->exports), crcs_tuple(&e->exports),
-			     names_tuple(&e->kmod), names_tuple(&e->deps), weak,
-			     crcs_tuple(&e->deps), names_tuple(&e->info[0]),
-			     names_tuple(&e->info[1]), names_tuple(&e->info[2]));
+	PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(4 * l->n));
+	if (!b)
+		return NULL;
+	uint8_t *p = (uint8_t *)PyBytes_AS_STRING(b);
+	for (size_t i = 0; i < l->n; i++, p += 4) {
+		uint32_t c = l->crc[i];
+		p[0] = (uint8_t)c;
+		p[1] = (uint8_t)(c >> 8);
+		p[2] = (uint8_t)(c >> 16);
+		p[3] = (uint8_t)(c >> 24);
+	}
+	return b;
+}
+
+static int same_names(const list_t *a, const list_t *b)
+{
+	if (a->n != b->n)
+		return 0;
+	for (size_t i = 0; i < a->n; i++)
+		if (a->s[i].len != b->s[i].len || memcmp(a->s[i].p, b->s[i].p, a->s[i].len))
+			return 0;
+	return 1;
+}
+
+static PyObject *result(const scan_t *e, interns_t *t)
+{
+	PyObject *flags = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)e->deps.n);
+	if (flags && e->deps.n)
+		memcpy(PyBytes_AS_STRING(flags), e->deps.flag, e->deps.n);
+	PyObject *exports = names_tuple(&e->exports, t);
+	PyObject *kmod = exports && same_names(&e->exports, &e->kmod) ? Py_NewRef(exports)
+								      : names_tuple(&e->kmod, t);
+	return Py_BuildValue("(NNNNNNNNN)", exports, crcs_tuple(&e->exports), kmod,
+			     names_tuple(&e->deps, t), flags, crcs_bytes(&e->deps),
+			     names_tuple(&e->info[0], t), names_tuple(&e->info[1], t),
+			     names_tuple(&e->info[2], t));
 }
 
 static void scan_free(scan_t *e)
 {
 	free(e->sh);
 	free(e->syms);
+	free(e->loaded);
 	e->sh = NULL;
 	e->syms = NULL;
+	e->loaded = NULL;
 	list_free(&e->exports);
 	list_free(&e->kmod);
 	list_free(&e->deps);
@@ -860,12 +1003,14 @@ static PyObject *scan(PyObject *self, PyObject *arg)
 	Py_buffer buf;
 	if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE))
 		return NULL;
-	scan_t e = {.d = buf.buf, .size = (size_t)buf.len};
+	scan_t e = {.d = buf.buf, .size = (size_t)buf.len, .fd = -1};
 	int rc;
 	Py_BEGIN_ALLOW_THREADS
 	rc = scan_image(&e);
 	Py_END_ALLOW_THREADS
-	PyObject *res = rc ? Py_NewRef(Py_None) : result(&e);
+	interns_t t = {0};
+	PyObject *res = rc ? Py_NewRef(Py_None) : result(&e, &t);
+	intern_free(&t);
 	scan_free(&e);
 	PyBuffer_Release(&buf);
 	return res;
@@ -888,37 +1033,6 @@ typedef struct {
 	size_t next;   /* claimed with __atomic builtins */
 	size_t limit;
 } pool_t;
-
-/* the whole file, or NULL (unreadable, not a regular file, over the limit, changed size) */
-static uint8_t *read_file(const char *path, size_t limit, size_t *size)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);   /* a FIFO must not block */
-	if (fd < 0)
-		return NULL;
-	struct stat st;
-	uint8_t *buf = NULL;
-	if (fstat(fd, &st) || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > limit)
-		goto out;
-	buf = malloc(st.st_size ? (size_t)st.st_size : 1);
-	if (!buf)
-		goto out;
-	size_t got = 0;
-	while (got < (size_t)st.st_size) {
-		ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0) {
-			free(buf);
-			buf = NULL;
-			goto out;
-		}
-		got += (size_t)r;
-	}
-	*size = got;
-out:
-	close(fd);
-	return buf;
-}
 
 /* move what the results point at out of the file image into one block, so that no file
  * stays in memory until the results are built */
@@ -943,26 +1057,51 @@ static int compact(job_t *j)
 		}
 	free(e->sh);
 	free(e->syms);
+	free(e->loaded);
 	e->sh = NULL;
 	e->syms = NULL;
+	e->loaded = NULL;
 	j->arena = arena;
 	return 0;
+}
+
+/* open a regular file without blocking on a FIFO; its size, or -1 */
+static int open_regular(const char *path, size_t limit, size_t *size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return -1;
+	struct stat st;
+	if (fstat(fd, &st) || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > limit) {
+		close(fd);
+		return -1;
+	}
+	*size = (size_t)st.st_size;
+	return fd;
 }
 
 static void run_job(job_t *j, size_t limit)
 {
 	size_t size;
-	uint8_t *data = read_file(j->path, limit, &size);
 	j->status = FILE_OTHER;
-	if (!data)
+	int fd = open_regular(j->path, limit, &size);
+	if (fd < 0)
 		return;
-	j->e = (scan_t){.d = data, .size = size};
-	if (size >= 4 && !memcmp(data, "\177ELF", 4) && !scan_image(&j->e) && !compact(j))
-		j->status = FILE_OK;
-	else
-		scan_free(&j->e);
-	free(data);
-	j->e.d = NULL;
+	/* pages of the buffer that are never read are never touched */
+	uint8_t *buf = size >= 64 ? malloc(size) : NULL;
+	if (buf) {
+		j->e = (scan_t){.d = buf, .size = size, .fd = fd, .wbuf = buf};
+		load(&j->e, 0, 64);
+		if (!j->e.failed && !memcmp(buf, "\177ELF", 4) && !scan_image(&j->e) &&
+		    !compact(j))
+			j->status = FILE_OK;
+		else
+			scan_free(&j->e);
+		free(buf);
+		j->e.d = NULL;
+		j->e.wbuf = NULL;
+	}
+	close(fd);
 }
 
 static void *worker(void *arg)
@@ -995,6 +1134,7 @@ static PyObject *scan_files(PyObject *self, PyObject *args)
 	pool_t pool = {.jobs = calloc(n ? (size_t)n : 1, sizeof(job_t)), .n = (size_t)n,
 		       .limit = (size_t)limit};
 	PyObject *out = NULL;
+	interns_t interns = {0};
 	if (!pool.jobs) {
 		PyErr_NoMemory();
 		goto done;
@@ -1027,7 +1167,7 @@ static PyObject *scan_files(PyObject *self, PyObject *args)
 	if (!out)
 		goto done;
 	for (Py_ssize_t i = 0; i < n; i++) {
-		PyObject *r = pool.jobs[i].status == FILE_OK ? result(&pool.jobs[i].e)
+		PyObject *r = pool.jobs[i].status == FILE_OK ? result(&pool.jobs[i].e, &interns)
 							      : Py_NewRef(Py_None);
 		if (!r) {
 			Py_CLEAR(out);
@@ -1036,6 +1176,7 @@ static PyObject *scan_files(PyObject *self, PyObject *args)
 		PyList_SET_ITEM(out, i, r);
 	}
 done:
+	intern_free(&interns);   /* before the arenas its keys point into */
 	if (pool.jobs)
 		for (Py_ssize_t i = 0; i < n; i++) {
 			scan_free(&pool.jobs[i].e);

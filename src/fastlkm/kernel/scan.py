@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from fastlkm.errors import FastlkmError, FormatError
-from fastlkm.io.codecs import decompress, detect, max_decompressed
-from fastlkm.kernel.facts import Module
 from fastlkm.kernel.modfiles import modname
-from fastlkm.kernel.module import parse_module
+
+if TYPE_CHECKING:
+    from fastlkm.kernel.facts import Module
 
 try:
     from fastlkm.kernel import _scan as _native
@@ -43,7 +43,7 @@ class DepmodModule(NamedTuple):
     kmod_symbols: tuple[str, ...]   # the names as kmod_elf_get_symbols() reads them
     deps: tuple[str, ...]           # kmod_elf_get_dependency_symbols(), in its order
     flags: bytes                    # per dep: DEP_WEAK, DEP_DOTTED
-    dep_crcs: tuple[int, ...]       # per dep: the CRC it expects, 0 without one
+    dep_crcs: bytes                 # per dep: the CRC it expects (0 without), u32 LE
     aliases: tuple[str, ...]        # .modinfo alias= values, in file order
     softdeps: tuple[str, ...]       # .modinfo softdep= values
     weakdeps: tuple[str, ...]       # .modinfo weakdep= values
@@ -69,7 +69,7 @@ def from_module(m: Module) -> DepmodModule:
         tuple(n for n, _, _ in deps),
         bytes((DEP_WEAK if w else 0) | (DEP_DOTTED if n[:1] == "." else 0)
               for n, w, _ in deps),
-        tuple(c for _, _, c in deps),
+        b"".join(c.to_bytes(4, "little") for _, _, c in deps),
         *(tuple(m.info(k)) for k in MODINFO_KEYS))
 
 
@@ -79,6 +79,8 @@ def scan_image(data: bytes, path: str, shown: str) -> DepmodModule:
         got = _native.scan(data)
         if got is not None:
             return DepmodModule(shown, *got)
+    from fastlkm.kernel.module import parse_module  # the reference decoder, when needed
+
     return from_module(parse_module(data, path, shown))
 
 
@@ -96,6 +98,8 @@ def read_regular(path: str) -> bytes:
 def scan_file(path: str, shown: str) -> DepmodModule:
     try:
         data = read_regular(path)
+        from fastlkm.io.codecs import decompress, detect  # a plain tree needs no codec
+
         fmt = detect(data)
         if fmt is not None:
             data = decompress(data, fmt, path=path)
@@ -134,6 +138,8 @@ def scan_files(files: list[tuple[str, str]], jobs: int | None = None,
         # plain files are read and scanned in C on threads; what it leaves (compressed,
         # unreadable, declined) goes through Python below
         plain = [i for i in todo if files[i][0].endswith(".ko")]
+        from fastlkm.io.codecs import max_decompressed
+
         got = _native.scan_files([os.fsencode(files[i][0]) for i in plain], jobs,
                                  max_decompressed())
         for i, g in zip(plain, got, strict=True):

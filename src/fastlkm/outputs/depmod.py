@@ -12,15 +12,17 @@ Byte-identical output needs kmod's own orders, which this module reproduces:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
+from typing import TYPE_CHECKING
 
 from fastlkm.errors import CycleError
-from fastlkm.kernel.facts import Export, Module
 from fastlkm.kernel.modfiles import modname
 from fastlkm.kernel.scan import DEP_DOTTED, DEP_WEAK, DepmodModule, from_module
 from fastlkm.outputs.kmod_index import Index
+
+if TYPE_CHECKING:
+    from fastlkm.kernel.facts import Export, Module
 
 SYMBOL_HASH_BUCKETS = 2048   # hash_new(2048, ...) for depmod->symbols
 MODULE_HASH_BUCKETS = 512    # hash_new(512, ...) for depmod->modules_by_name
@@ -80,28 +82,41 @@ except ImportError:
     hash_order, hash_superfast = py_hash_order, py_hash_superfast
 
 
-@dataclass(eq=False)
+# plain classes with slots, not dataclasses: importing dataclasses costs a cold depmod run
+# more than everything it computes here on a small tree
+
+
 class DepmodMod:
-    """One module as depmod tracks it (struct mod in kmod's depmod.c)."""
+    """One module as depmod tracks it (struct mod in kmod's depmod.c); compared by
+    identity."""
 
-    module: DepmodModule
-    relpath: str
-    name: str
-    idx: int = 0
-    users: int = 0
-    deps: list[DepmodMod] = field(default_factory=list)
-    dep_sort_idx: int = 0x7FFFFFFF
+    __slots__ = ("dep_sort_idx", "deps", "idx", "module", "name", "relpath", "users")
+
+    def __init__(self, module: DepmodModule, relpath: str, name: str) -> None:
+        self.module = module
+        self.relpath = relpath
+        self.name = name
+        self.idx = 0
+        self.users = 0
+        self.deps: list[DepmodMod] = []
+        self.dep_sort_idx = 0x7FFFFFFF
+
+    def __repr__(self) -> str:
+        return f"DepmodMod({self.name!r}, idx={self.idx})"
 
 
-@dataclass
 class Depmod:
     """depmod's computation over a set of modules, for the text outputs and the indexes."""
 
-    mods: list[DepmodMod]
-    symbols: dict[str, tuple[DepmodMod | None, int]]   # name -> (owner, crc)
-    cycles: list[str] = field(default_factory=list)
-    owned: list[tuple[str, DepmodMod]] | None = None    # module_symbols(), once computed
-    lines: list[str] | None = None                      # dep_lines(), once computed
+    __slots__ = ("cycles", "lines", "mods", "owned", "symbols")
+
+    def __init__(self, mods: list[DepmodMod],
+                 symbols: dict[str, tuple[DepmodMod | None, int]]) -> None:
+        self.mods = mods
+        self.symbols = symbols                           # name -> (owner, crc)
+        self.cycles: list[str] = []
+        self.owned: list[tuple[str, DepmodMod]] | None = None   # module_symbols(), once
+        self.lines: list[str] | None = None                     # dep_lines(), once
 
 
 def uncompressed_relpath(relpath: str) -> str:
@@ -123,7 +138,7 @@ def build(modules: Sequence[DepmodModule | Module], order: list[str],
     mismatches) are appended with depmod's own words; paths shown under *moddir*."""
     by_name: dict[str, DepmodMod] = {}
     for m in modules:
-        if isinstance(m, Module):
+        if not isinstance(m, DepmodModule):   # the reference decoder's Module
             m = from_module(m)
         dm = DepmodMod(m, m.path, modname(m.path))
         by_name.setdefault(dm.name, dm)
@@ -184,7 +199,9 @@ def build(modules: Sequence[DepmodModule | Module], order: list[str],
                 owner.users += 1
             continue
         deps = d.deps
-        for name, flags, crc in zip(m.deps, m.flags, m.dep_crcs, strict=True):
+        crcs = memoryview(m.dep_crcs).cast("B")
+        for i, (name, flags) in enumerate(zip(m.deps, m.flags, strict=True)):
+            crc = int.from_bytes(crcs[4 * i:4 * i + 4], "little")
             weak = flags & DEP_WEAK
             key = name[1:] if name[:1] == "." else name
             if sym_prefix and key.startswith(sym_prefix):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from fastlkm.errors import FormatError
 
@@ -40,11 +39,14 @@ NODE_MASK = 0x0FFFFFFF
 _U32 = struct.Struct(">I")
 
 
-@dataclass
 class Node:
-    prefix: bytes = b""
-    values: list[tuple[int, bytes]] = field(default_factory=list)   # (priority, value)
-    children: dict[int, Node] = field(default_factory=dict)
+    __slots__ = ("children", "prefix", "values")
+
+    def __init__(self, prefix: bytes = b"", values: list[tuple[int, bytes]] | None = None,
+                 children: dict[int, Node] | None = None) -> None:
+        self.prefix = prefix
+        self.values = values if values is not None else []   # (priority, value)
+        self.children = children if children is not None else {}
 
     @property
     def first(self) -> int:
