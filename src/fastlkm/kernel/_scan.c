@@ -909,36 +909,34 @@ static PyObject *intern_str(interns_t *t, str_t s)
 	return o;
 }
 
-static PyObject *names_tuple(const list_t *l, interns_t *t)
+typedef PyObject *(*item_fn)(const list_t *l, size_t i, interns_t *t);
+
+static PyObject *name_item(const list_t *l, size_t i, interns_t *t)
+{
+	return intern_str(t, l->s[i]);
+}
+
+static PyObject *crc_item(const list_t *l, size_t i, interns_t *t)
+{
+	(void)t;
+	return PyLong_FromUnsignedLong(l->crc[i]);
+}
+
+/* a tuple of item(l, i) for every entry of l */
+static PyObject *list_tuple(const list_t *l, item_fn item, interns_t *t)
 {
 	PyObject *tup = PyTuple_New((Py_ssize_t)l->n);
 	if (!tup)
 		return NULL;
 	for (size_t i = 0; i < l->n; i++) {
-		PyObject *s = intern_str(t, l->s[i]);
-		if (!s) {
+		PyObject *x = item(l, i, t);
+		if (!x) {
 			Py_DECREF(tup);
 			return NULL;
 		}
-		PyTuple_SET_ITEM(tup, (Py_ssize_t)i, s);
+		PyTuple_SET_ITEM(tup, (Py_ssize_t)i, x);
 	}
 	return tup;
-}
-
-static PyObject *crcs_tuple(const list_t *l)
-{
-	PyObject *t = PyTuple_New((Py_ssize_t)l->n);
-	if (!t)
-		return NULL;
-	for (size_t i = 0; i < l->n; i++) {
-		PyObject *c = PyLong_FromUnsignedLong(l->crc[i]);
-		if (!c) {
-			Py_DECREF(t);
-			return NULL;
-		}
-		PyTuple_SET_ITEM(t, (Py_ssize_t)i, c);
-	}
-	return t;
 }
 
 /* u32 little-endian each: the dependencies' CRCs matter only to depmod -e */
@@ -973,13 +971,14 @@ static PyObject *result(const scan_t *e, interns_t *t)
 	PyObject *flags = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)e->deps.n);
 	if (flags && e->deps.n)
 		memcpy(PyBytes_AS_STRING(flags), e->deps.flag, e->deps.n);
-	PyObject *exports = names_tuple(&e->exports, t);
-	PyObject *kmod = exports && same_names(&e->exports, &e->kmod) ? Py_NewRef(exports)
-								      : names_tuple(&e->kmod, t);
-	return Py_BuildValue("(NNNNNNNNN)", exports, crcs_tuple(&e->exports), kmod,
-			     names_tuple(&e->deps, t), flags, crcs_bytes(&e->deps),
-			     names_tuple(&e->info[0], t), names_tuple(&e->info[1], t),
-			     names_tuple(&e->info[2], t));
+	PyObject *exports = list_tuple(&e->exports, name_item, t);
+	PyObject *kmod = exports && same_names(&e->exports, &e->kmod)
+				 ? Py_NewRef(exports) : list_tuple(&e->kmod, name_item, t);
+	return Py_BuildValue("(NNNNNNNNN)", exports, list_tuple(&e->exports, crc_item, t), kmod,
+			     list_tuple(&e->deps, name_item, t), flags, crcs_bytes(&e->deps),
+			     list_tuple(&e->info[0], name_item, t),
+			     list_tuple(&e->info[1], name_item, t),
+			     list_tuple(&e->info[2], name_item, t));
 }
 
 static void scan_free(scan_t *e)

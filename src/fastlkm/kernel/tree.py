@@ -17,7 +17,6 @@ from pathlib import Path
 
 from fastlkm.elf.reader import ElfFile
 from fastlkm.errors import FastlkmError, FormatError, NotFoundError
-from fastlkm.io.cache import FactsCache, file_key
 from fastlkm.io.codecs import decompress_file
 from fastlkm.kernel.facts import Export, Kernel, Module
 from fastlkm.kernel.kconfig import parse_config
@@ -285,37 +284,20 @@ def read_modules(moddir: Path, relpaths: list[str], jobs: int | None = None,
 
 
 def read_module_files(args: list[tuple[str, str]], jobs: int | None = None,
-                      progress: Callable[[int], None] | None = None,
-                      cache: FactsCache | None = None
+                      progress: Callable[[int], None] | None = None
                       ) -> tuple[list[Module], list[FastlkmError]]:
     """Read (path, shown path) module files in parallel on the machine's cores; errors are
-    returned, not raised.  With a *cache*, files whose key is unchanged are not read."""
-    results: list[Module | FastlkmError | None] = [None] * len(args)
-    todo: list[int] = []
-    keys = [file_key(p) for p, _ in args] if cache is not None else []
-    for i, (path, shown) in enumerate(args):
-        m = cache.get(path, keys[i]) if cache is not None else None
-        if m is not None and m.path == shown:
-            results[i] = m
-        else:
-            todo.append(i)
-    work = [args[i] for i in todo]
+    returned, not raised.  (depmod reads less, faster: kernel/scan.py.)"""
     jobs = jobs or os.cpu_count() or 1
-    if jobs <= 1 or len(work) < 16:
-        done = list(map(_read_one, work))
+    if jobs <= 1 or len(args) < 16:
+        done = list(map(_read_one, args))
     else:
         from concurrent.futures import ProcessPoolExecutor  # only when there is work to share
 
         with ProcessPoolExecutor(max_workers=jobs) as ex:
-            done = list(ex.map(_read_one, work, chunksize=max(1, len(work) // (jobs * 8))))
-    for i, r in zip(todo, done, strict=True):
-        results[i] = r
-        if cache is not None and isinstance(r, Module):
-            cache.put(args[i][0], keys[i], r)
+            done = list(ex.map(_read_one, args, chunksize=max(1, len(args) // (jobs * 8))))
     if progress:
         progress(len(args))
-    mods = [r for r in results if isinstance(r, Module)]
-    errors = [r for r in results if isinstance(r, FastlkmError)]
-    if cache is not None:
-        cache.save()
+    mods = [r for r in done if isinstance(r, Module)]
+    errors = [r for r in done if isinstance(r, FastlkmError)]
     return mods, errors
