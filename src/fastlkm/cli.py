@@ -501,11 +501,20 @@ def _size(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
-    if a.max_decompressed or "fastlkm.io.codecs" in sys.modules:
-        # (not imported yet: its cap is the default; an earlier main() may have set one)
-        from fastlkm.io.codecs import DEFAULT_LIMIT, set_max_decompressed
+    if not a.max_decompressed:
+        return _run(a)
+    from fastlkm.io.codecs import max_decompressed, set_max_decompressed
 
-        set_max_decompressed(a.max_decompressed or DEFAULT_LIMIT)
+    # the cap holds for this command only (main() may be called again in one process)
+    before = max_decompressed()
+    set_max_decompressed(a.max_decompressed)
+    try:
+        return _run(a)
+    finally:
+        set_max_decompressed(before)
+
+
+def _run(a: argparse.Namespace) -> int:
     try:
         return a.func(a)
     except FastlkmError as e:

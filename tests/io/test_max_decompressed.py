@@ -71,6 +71,10 @@ def test_cli_cap_names_file_and_cap(tree: Path, capsys: pytest.CaptureFixture[st
     assert main(["--max-decompressed", "1M", "hash", str(ko)]) == 2
     assert f"fastlkm: warning: {ko}: decompressed size exceeds 1048576 bytes" in \
         capsys.readouterr().err
+    # and nothing of it stays behind for the library's next caller in this process
+    from fastlkm.io.codecs import DEFAULT_LIMIT, max_decompressed
+
+    assert max_decompressed() == DEFAULT_LIMIT
 
 
 def test_cli_rejects_a_bad_size(capsys: pytest.CaptureFixture[str]) -> None:
