@@ -94,3 +94,21 @@ def test_hash_styles_are_the_storable_ones() -> None:
     from fastlkm.lookup.sections import STORABLE
 
     assert set(HASH_STYLES) == set(STORABLE)
+
+
+def test_only_the_command_run_is_built_and_it_is_whole() -> None:
+    import argparse
+
+    from fastlkm.cli import COMMANDS, parser
+
+    def sub(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        action = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        return dict(action.choices)
+
+    full = sub(parser([]))
+    assert sorted(full) == sorted(COMMANDS)
+    for name in COMMANDS:
+        alone = sub(parser(["--debug", name]))
+        assert alone[name].format_help() == full[name].format_help()
+        others = [n for n in COMMANDS if n != name]
+        assert all(len(alone[n]._actions) == 1 for n in others)   # just -h

@@ -18,6 +18,7 @@ from fastlkm.errors import CycleError, FastlkmError, UsageError
 # the keys of fastlkm.lookup.sections.STORABLE (a test keeps them equal), named here so
 # that building the parser imports nothing
 HASH_STYLES = ("bsearch", "sysv", "sysv-djb", "gnu", "perfect")
+COMMANDS = ("resolve", "check", "depmod", "bench", "hash", "verify", "snapshot")
 
 EXIT_FAIL = 1     # a module would not load (depmod: a dependency cycle, as kmod's)
 EXIT_ERROR = 2    # bad input or usage
@@ -238,7 +239,7 @@ def _depmod(a: argparse.Namespace) -> int:
 
 def depmod_warm_outputs(moddir: Path | None, config: object, a: argparse.Namespace,
                         files: list[tuple[str, str]], keys: list[tuple[int, ...] | None]
-                        ) -> tuple[str, dict[str, bytes] | None] | None:
+                        ) -> tuple[bytes, dict[str, bytes] | None] | None:
     """The key of this depmod run (every module file's key, the configuration, the
     options, fastlkm's version) and the outputs a previous identical run wrote, if any."""
     from fastlkm.io.cache import file_key, load_outputs, outputs_key
@@ -248,7 +249,7 @@ def depmod_warm_outputs(moddir: Path | None, config: object, a: argparse.Namespa
     inputs = [(p, shown, k) for (p, shown), k in zip(files, keys, strict=True)]
     extra = [(n, file_key(str(moddir / n))) for n in
              ("modules.order", "modules.builtin", "modules.builtin.modinfo")]
-    key = outputs_key([__version__, inputs, extra, config, a.kmod_compat, a.filesyms,
+    key = outputs_key([__version__, inputs, extra, repr(config), a.kmod_compat, a.filesyms,
                        a.symvers])
     return key, load_outputs(str(moddir.resolve()), key)
 
@@ -369,7 +370,9 @@ def cmd_verify(a: argparse.Namespace) -> int:
 # --- main -----------------------------------------------------------------------------
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line; given *argv*, only the command it names gets its arguments
+    (building all of them costs a warm depmod run a few percent of its time)."""
     p = argparse.ArgumentParser(prog="fastlkm", description="Fast symbol resolution for "
                                 "Linux loadable kernel modules.", epilog=EXIT_STATUS_HELP)
     p.add_argument("--version", action="version", version=f"fastlkm {__version__}")
@@ -378,6 +381,12 @@ def parser() -> argparse.ArgumentParser:
                    help="refuse a compressed module or kernel image that decodes to more "
                         "than SIZE bytes (64M, 1G, ...; default 1G)")
     sub = p.add_subparsers(dest="cmd", required=True)
+    words = sys.argv[1:] if argv is None else argv
+    chosen = next((w for w in words if w in COMMANDS), None)
+
+    def command(name: str, **kw: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, **kw)
+        return sp if chosen in (None, name) else _Unbuilt(sp)  # type: ignore[return-value]
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("-j", "--jobs", type=int, default=None,
@@ -387,7 +396,7 @@ def parser() -> argparse.ArgumentParser:
                         help="where the kernel's own exports come from (default: best "
                              "available)")
 
-    r = sub.add_parser("resolve", help="load modules as the kernel would and report")
+    r = command("resolve", help="load modules as the kernel would and report")
     r.add_argument("target", nargs="?", help="ROOT, modules directory, RELEASE or SNAPSHOT "
                    "(default: running kernel, else the shipped snapshot)")
     r.add_argument("modules", nargs="*", help="modules to load with their dependencies "
@@ -399,14 +408,14 @@ def parser() -> argparse.ArgumentParser:
     common(r)
     r.set_defaults(func=cmd_resolve)
 
-    c = sub.add_parser("check", help="would this module load on that kernel?")
+    c = command("check", help="would this module load on that kernel?")
     c.add_argument("module")
     c.add_argument("--kernel", default=None, help="ROOT, RELEASE or SNAPSHOT")
     c.add_argument("--json", action="store_true")
     common(c)
     c.set_defaults(func=cmd_check)
 
-    d = sub.add_parser("depmod", help="write modules.dep and modules.symbols as kmod does")
+    d = command("depmod", help="write modules.dep and modules.symbols as kmod does")
     d.add_argument("-b", "--basedir", default=None, help="root of the module tree")
     d.add_argument("version", nargs="?", default=None,
                    help="kernel release (or a snapshot file)")
@@ -434,7 +443,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("-j", "--jobs", type=int, default=None)
     d.set_defaults(func=cmd_depmod)
 
-    b = sub.add_parser("bench", help="time every lookup strategy on the loader's lookups")
+    b = command("bench", help="time every lookup strategy on the loader's lookups")
     b.add_argument("target", nargs="?", help="ROOT, RELEASE or SNAPSHOT (default: running "
                    "kernel, else the shipped snapshot)")
     b.add_argument("--scenario", default="boot",
@@ -453,7 +462,7 @@ def parser() -> argparse.ArgumentParser:
     common(b)
     b.set_defaults(func=cmd_bench)
 
-    h = sub.add_parser("hash", help="embed hash tables (and sort export tables) in modules "
+    h = command("hash", help="embed hash tables (and sort export tables) in modules "
                        "and vmlinux")
     h.add_argument("paths", nargs="+", metavar="PATH",
                    help="a module (any compression), a vmlinux, or a tree of modules")
@@ -476,18 +485,28 @@ def parser() -> argparse.ArgumentParser:
                    help="processes (default: all cores)")
     h.set_defaults(func=cmd_hash)
 
-    v = sub.add_parser("verify", help="check the hash tables fastlkm hash embedded")
+    v = command("verify", help="check the hash tables fastlkm hash embedded")
     v.add_argument("paths", nargs="+", metavar="PATH", help="modules, vmlinux files or trees")
     v.add_argument("-j", "--jobs", type=int, default=None,
                    help="processes (default: all cores)")
     v.set_defaults(func=cmd_verify)
 
-    s = sub.add_parser("snapshot", help="store a kernel's facts in one small file")
+    s = command("snapshot", help="store a kernel's facts in one small file")
     s.add_argument("target", nargs="?")
     s.add_argument("-o", "--output", required=True)
     common(s)
     s.set_defaults(func=cmd_snapshot)
     return p
+
+
+class _Unbuilt:
+    """A subcommand that is not the one being run: listed in --help, no arguments."""
+
+    def __init__(self, sp: argparse.ArgumentParser) -> None:
+        self.set_defaults = sp.set_defaults
+
+    def add_argument(self, *args: object, **kwargs: object) -> None:
+        pass
 
 
 def _size(text: str) -> int:
@@ -500,7 +519,7 @@ def _size(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parser().parse_args(argv)
+    a = parser(argv).parse_args(argv)
     if not a.max_decompressed:
         return _run(a)
     from fastlkm.io.codecs import max_decompressed, set_max_decompressed

@@ -70,3 +70,13 @@ def test_warm_depmod_is_identical_and_notices_changes(corpus, tmp_path: Path) ->
     nocache = tmp_path / "nocache"
     assert main(["depmod", "-b", str(sh), release, "--no-cache", "-o", str(nocache)]) == 0
     assert (nocache / "modules.dep").read_bytes() == (out / "modules.dep").read_bytes()
+
+
+def test_outputs_key_depends_on_values_only() -> None:
+    from fastlkm.io.cache import outputs_key
+
+    shared = "kernel/a.ko"
+    one = ["v", [(shared, shared, (1, 2, 3, 4, 5))], None]
+    two = ["v", [("kernel/" + "a.ko", "kernel/a" + ".ko", (1, 2, 3, 4, 5))], None]
+    assert outputs_key(one) == outputs_key(two)      # object sharing does not matter
+    assert outputs_key(one) != outputs_key(["v", [(shared, shared, (1, 2, 3, 4, 6))], None])

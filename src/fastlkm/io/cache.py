@@ -101,13 +101,15 @@ class FactsCache:
             _save(self.path, (self.ident, self.fresh))
 
 
-def outputs_key(parts: list[object]) -> str:
-    """What a run's outputs depend on, as one comparable value (kept whole, not hashed:
-    a digest would cost more to compute than the comparison)."""
-    return repr(parts)
+def outputs_key(parts: list[object]) -> bytes:
+    """What a run's outputs depend on (plain values: strings, numbers, tuples, lists,
+    None), as one comparable value, kept whole, not hashed: a digest would cost more to
+    compute than the comparison.  marshal version 2 writes no back-references, so equal
+    values always give equal bytes (and equal bytes always mean equal values)."""
+    return marshal.dumps(parts, 2)
 
 
-def load_outputs(ident: str, key: str) -> dict[str, bytes] | None:
+def load_outputs(ident: str, key: str | bytes) -> dict[str, bytes] | None:
     got = _load(_name("outputs", ident))
     if isinstance(got, tuple) and len(got) == 3 and got[0] == ident and got[1] == key \
             and isinstance(got[2], dict):
@@ -115,5 +117,5 @@ def load_outputs(ident: str, key: str) -> dict[str, bytes] | None:
     return None
 
 
-def save_outputs(ident: str, key: str, files: dict[str, bytes]) -> None:
+def save_outputs(ident: str, key: str | bytes, files: dict[str, bytes]) -> None:
     _save(_name("outputs", ident), (ident, key, files))
