@@ -981,7 +981,8 @@ static PyObject *result(const scan_t *e, interns_t *t)
 			     list_tuple(&e->info[2], name_item, t));
 }
 
-static void scan_free(scan_t *e)
+/* what only the parse needs: the headers' copies */
+static void parse_free(scan_t *e)
 {
 	free(e->sh);
 	free(e->syms);
@@ -989,6 +990,11 @@ static void scan_free(scan_t *e)
 	e->sh = NULL;
 	e->syms = NULL;
 	e->loaded = NULL;
+}
+
+static void scan_free(scan_t *e)
+{
+	parse_free(e);
 	list_free(&e->exports);
 	list_free(&e->kmod);
 	list_free(&e->deps);
@@ -1054,12 +1060,7 @@ static int compact(job_t *j)
 			s->p = at;
 			at += s->len;
 		}
-	free(e->sh);
-	free(e->syms);
-	free(e->loaded);
-	e->sh = NULL;
-	e->syms = NULL;
-	e->loaded = NULL;
+	parse_free(e);
 	j->arena = arena;
 	return 0;
 }
