@@ -105,6 +105,22 @@ def test_reading_from_files_is_reading_from_memory(tmp_path: Path, data: bytes) 
     assert native.scan_files([os.fsencode(f)], 1, 1 << 30) == [want]
 
 
+def test_declined_files_are_freed_once(tmp_path: Path) -> None:
+    # regression: a file the C reader declines had its lists freed twice (found by the
+    # mutation test above); many of them in one batch, on both threads
+    good = SMALL["x86_64"][1]
+    # declined late: after its exports were read, at a non-ASCII undefined symbol name
+    late = good.replace(b"\0printk\0", b"\0\xc3rintk\0")
+    assert late != good and native.scan(late) is None
+    paths = []
+    for i in range(64):
+        f = tmp_path / f"m{i}.ko"
+        f.write_bytes(late if i % 2 else good)
+        paths.append(os.fsencode(f))
+    got = native.scan_files(paths, 2, 1 << 30)
+    assert [g is None for g in got] == [bool(i % 2) for i in range(64)]
+
+
 def test_declines_what_is_not_a_module() -> None:
     for data in (b"", b"\x7fELF", b"garbage" * 100, SMALL["x86_64"][1][:200]):
         assert native.scan(data) is None
