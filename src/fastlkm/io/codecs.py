@@ -14,6 +14,7 @@ import bz2
 import io
 import lzma
 import os
+import stat
 import zlib
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -415,7 +416,11 @@ def decompress_file(path: str | os.PathLike[str], *, limit: int | None = None) -
     """
     name = os.fspath(path)
     try:
-        with open(name, "rb") as f:
+        # never blocks on a FIFO: only a regular file is read
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise FastlkmError("not a regular file", name)
             data = f.read()
     except FileNotFoundError:
         raise NotFoundError("no such file", name) from None

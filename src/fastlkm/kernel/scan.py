@@ -13,7 +13,6 @@ declines anything unusual; those files go through the reference decoder
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -84,30 +83,13 @@ def scan_image(data: bytes, path: str, shown: str) -> DepmodModule:
     return from_module(parse_module(data, path, shown))
 
 
-def read_regular(path: str) -> bytes:
-    """The bytes of a regular file; anything else (a FIFO, a device) is refused without
-    blocking on it."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with open(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise FastlkmError("not a regular file", path)
-        return f.read()
-
-
 def scan_file(path: str, shown: str) -> DepmodModule:
     try:
-        data = read_regular(path)
-        from fastlkm.io.codecs import decompress, detect  # a plain tree needs no codec
+        from fastlkm.io.codecs import decompress_file  # only what C left: compressed files
 
-        fmt = detect(data)
-        if fmt is not None:
-            data = decompress(data, fmt, path=path)
-        return scan_image(data, path, shown)
+        return scan_image(decompress_file(path), path, shown)
     except FastlkmError as e:
         raise e.with_path(path) from None
-    except OSError as e:
-        raise FastlkmError(f"cannot read: {e.strerror}", path) from None
     except (ValueError, IndexError, KeyError, OverflowError) as e:
         raise FormatError(f"malformed module ({type(e).__name__}: {e})", path) from None
 

@@ -239,12 +239,6 @@ def _shown(d: DepmodMod, moddir: str | None) -> str:
         f"{moddir}/{d.relpath}"
 
 
-def dependency_symbols(m: Module) -> list[str]:
-    """kmod_elf_get_dependency_symbols(): the undefined symbols, then the __versions
-    entries no undefined symbol named (module_layout)."""
-    return list(from_module(m).deps)
-
-
 def _calculate_dependencies(dm: Depmod) -> None:
     """depmod_calculate_dependencies(): Kahn's sort with a stack of roots; modules left
     over are in or behind a cycle, reported as depmod_report_cycles() does (CycleError)."""
@@ -490,29 +484,24 @@ def alias_normalize(alias: str) -> str | None:
     return "".join(out)
 
 
-def _info(d: DepmodMod, key: str) -> tuple[str, ...]:
-    m = d.module
-    return m.aliases if key == "alias" else m.softdeps if key == "softdep" else m.weakdeps
-
-
 def modules_alias(dm: Depmod) -> bytes:
     out = ["# Aliases extracted from modules themselves.\n"]
     for d in dm.mods:
-        out.extend(f"alias {v} {d.name}\n" for v in _info(d, "alias"))
+        out.extend(f"alias {v} {d.name}\n" for v in d.module.aliases)
     return "".join(out).encode()
 
 
 def modules_softdep(dm: Depmod) -> bytes:
     out = ["# Soft dependencies extracted from modules themselves.\n"]
     for d in dm.mods:
-        out.extend(f"softdep {d.name} {v}\n" for v in _info(d, "softdep"))
+        out.extend(f"softdep {d.name} {v}\n" for v in d.module.softdeps)
     return "".join(out).encode()
 
 
 def modules_weakdep(dm: Depmod) -> bytes:
     out = ["# Weak dependencies extracted from modules themselves.\n"]
     for d in dm.mods:
-        out.extend(f"weakdep {d.name} {v}\n" for v in _info(d, "weakdep"))
+        out.extend(f"weakdep {d.name} {v}\n" for v in d.module.weakdeps)
     return "".join(out).encode()
 
 
@@ -536,7 +525,7 @@ def modules_devname(dm: Depmod) -> tuple[bytes, list[str]]:
     out: list[str] = []
     warnings: list[str] = []
     for d in dm.mods:
-        aliases = _info(d, "alias")
+        aliases = d.module.aliases
         if not any(map(str.startswith, aliases, repeat("devname:"))):
             continue   # nothing to write or warn about
         devname = None
@@ -575,7 +564,7 @@ def _alias_index(dm: Depmod) -> tuple[Index, list[str]]:
     prios: list[int] = []
     warnings = []
     for d in dm.mods:
-        for v in _info(d, "alias"):
+        for v in d.module.aliases:
             a = alias_normalize(v)
             if a is None:
                 warnings.append(f"Unmatched bracket in {v}")
