@@ -17,7 +17,7 @@ from fastlkm.errors import CycleError, FastlkmError, UsageError
 
 # the keys of fastlkm.lookup.sections.STORABLE (a test keeps them equal), named here so
 # that building the parser imports nothing
-HASH_STYLES = ("bsearch", "sysv", "sysv-djb", "gnu", "perfect")
+HASH_STYLES = ("bsearch", "sysv", "sysv-djb", "gnu", "perfect", "all")
 COMMANDS = ("resolve", "check", "depmod", "bench", "hash", "verify", "snapshot")
 
 EXIT_FAIL = 1     # a module would not load (depmod: a dependency cycle, as kmod's)
@@ -324,6 +324,34 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+# --- the patched kernel ---------------------------------------------------------------
+
+
+def cmd_kernel_postlink(a: argparse.Namespace) -> int:
+    from fastlkm.kbuild.postlink import fill_vmlinux
+
+    f = fill_vmlinux(a.vmlinux)
+    _note(f"{f.path}: __ksymtab_htables: {f.used} of {f.room} bytes for "
+          f"{' + '.join(map(str, f.entries))} exports")
+    return 0
+
+
+def cmd_kernel_build(a: argparse.Namespace) -> int:
+    from fastlkm.kbuild.build import build_kernel
+
+    b = build_kernel(force=a.force)
+    print(b.summary())
+    return 0
+
+
+def cmd_kernel_bench(a: argparse.Namespace) -> int:
+    from fastlkm.kbuild.bench import run_bench
+
+    report = run_bench(rounds=a.rounds, json_path=a.json)
+    print(report.text())
+    return 0 if report.ok else 1
+
+
 # --- hash and verify ------------------------------------------------------------------
 
 
@@ -461,6 +489,25 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         "their embedded sections (give the --strategies of its style)")
     common(b)
     b.set_defaults(func=cmd_bench)
+
+    k = command("kernel", help="the fast loader inside a real kernel: build the patched "
+                "Debian 6.12 kernel, fill its tables, measure it under QEMU")
+    if not isinstance(k, _Unbuilt):
+        ksub = k.add_subparsers(dest="kcmd", required=True)
+        kp = ksub.add_parser("postlink", help="fill vmlinux's __ksymtab_htables (the "
+                             "kernel build's KSYMHASH step)")
+        kp.add_argument("vmlinux")
+        kp.set_defaults(func=cmd_kernel_postlink)
+        kb = ksub.add_parser("build", help="download Debian's linux-source-6.12, apply the "
+                             "patch series, build and process the modules (cached)")
+        kb.add_argument("--force", action="store_true", help="rebuild even when cached")
+        kb.set_defaults(func=cmd_kernel_build)
+        kq = ksub.add_parser("bench", help="boot the built kernel under QEMU and measure "
+                             "every strategy in the kernel, beside the model's counts")
+        kq.add_argument("--rounds", type=int, default=5,
+                        help="rounds per strategy (default 5)")
+        kq.add_argument("--json", metavar="FILE", help="write the report as JSON")
+        kq.set_defaults(func=cmd_kernel_bench)
 
     h = command("hash", help="embed hash tables (and sort export tables) in modules "
                        "and vmlinux")

@@ -23,12 +23,14 @@ from fastlkm.loader.scenario import export_tables
 from fastlkm.lookup.base import Counters, Table
 from fastlkm.lookup.sections import (
     EMBEDDED,
+    EMBEDDED_ALL,
     HASH_FUNCTIONS,
     HASH_NONE,
     UNDEF,
     Stored,
     decode,
     index_from_stored,
+    split_records,
 )
 from fastlkm.lookup.strategies import TableIndex
 
@@ -52,7 +54,15 @@ def undefined_names(elf: ElfFile) -> list[bytes]:
 
 
 def read_stored(elf: ElfFile, sec: Section) -> Stored:
-    return decode(elf.section_data(sec), elf.little, elf.path, sec.offset)
+    """The first (usually the only) stored table of a section."""
+    return read_records(elf, sec)[0]
+
+
+def read_records(elf: ElfFile, sec: Section) -> list[Stored]:
+    """Every stored table of a section: one, or one per strategy (``--style all``)."""
+    data = elf.section_data(sec)
+    return [decode(rec, elf.little, elf.path, sec.offset + off)
+            for off, rec in split_records(data, elf.little, elf.path, sec.offset)]
 
 
 def embedded_tables(elf: ElfFile, owner: int = -1, crcs: bool = False) -> list[Table]:
@@ -65,11 +75,12 @@ def embedded_tables(elf: ElfFile, owner: int = -1, crcs: bool = False) -> list[T
         sec = elf.section(htable_name(t.name))
         if sec is None:
             raise elf.error(f"{t.name} has no embedded table ({htable_name(t.name)})")
-        stored = read_stored(elf, sec)
         try:
-            t.extra[EMBEDDED] = (stored, index_from_stored(stored, t))
+            got = [(stored, index_from_stored(stored, t)) for stored in read_records(elf, sec)]
         except FormatError as e:
             raise elf.error(f"{sec.name}: {e.message}", sec.offset) from None
+        t.extra[EMBEDDED] = got[0]
+        t.extra[EMBEDDED_ALL] = {stored.style: (stored, index) for stored, index in got}
     return tables
 
 
@@ -122,16 +133,18 @@ def verify_image(elf: ElfFile) -> list[str]:
             problems.append(f"{t.name}: no embedded table ({htable_name(t.name)})")
             continue
         try:
-            stored = read_stored(elf, sec)
-            index = index_from_stored(stored, t)
+            records = read_records(elf, sec)
+            indexes = [index_from_stored(stored, t) for stored in records]
         except FormatError as e:
             at = f" (at offset {e.offset})" if e.offset is not None else ""
             problems.append(f"{sec.name}: {e.message}{at}")
             continue
-        fn = HASH_FUNCTIONS[stored.hash]
-        if fn is not None:
-            hashes_used.add(stored.hash)
-        problems += _check_index(sec.name, t, index, fn, imports, by_table)
+        for stored, index in zip(records, indexes, strict=True):
+            fn = HASH_FUNCTIONS[stored.hash]
+            if fn is not None:
+                hashes_used.add(stored.hash)
+            where = sec.name if len(records) == 1 else f"{sec.name} ({stored.style})"
+            problems += _check_index(where, t, index, fn, imports, by_table)
     undef = elf.section(UNDEF_HASH)
     if undef is not None:
         problems += _check_undef(elf, undef, imports, hashes_used)
@@ -172,18 +185,25 @@ def _check_index(where: str, t: Table, index: TableIndex,
 def _check_undef(elf: ElfFile, sec: Section, imports: list[bytes],
                  hashes_used: set[int]) -> list[str]:
     try:
-        stored = read_stored(elf, sec)
+        records = read_records(elf, sec)
     except FormatError as e:
         at = f" (at offset {e.offset})" if e.offset is not None else ""
         return [f"{sec.name}: {e.message}{at}"]
+    out = []
+    if hashes_used - {r.hash for r in records}:
+        out.append(f"{sec.name}: hashed with another function than the export tables")
+    for stored in records:
+        out += _check_undef_record(sec, stored, imports)
+    return out
+
+
+def _check_undef_record(sec: Section, stored: Stored, imports: list[bytes]) -> list[str]:
     if stored.layout != UNDEF:
         return [f"{sec.name}: holds a {stored.style} table, not undefined-symbol hashes"]
     out = []
     fn = HASH_FUNCTIONS[stored.hash]
     if fn is None or stored.hash == HASH_NONE:
         return [f"{sec.name}: no hash function named"]
-    if hashes_used - {stored.hash}:
-        out.append(f"{sec.name}: hashed with another function than the export tables")
     got = stored.arrays["hashes"]
     if len(got) != len(imports):
         out.append(f"{sec.name}: {len(got)} hashes for {len(imports)} undefined symbols")

@@ -48,6 +48,7 @@ HASH_FUNCTIONS: dict[int, Callable[[bytes], int] | None] = {
     HASH_NONE: None, HASH_ELF: elf_hash, HASH_DJB: djb_hash}
 EMPTY_SLOT = 0xFFFFFFFF        # a free slot of the perfect hash, in the arrays
 EMBEDDED = "embedded"          # Table.extra key of an index read from a section
+EMBEDDED_ALL = "embedded_all"  # Table.extra key: style -> (Stored, index), every record
 
 # the strategies that can be stored, with their layout and hash ids
 STORABLE = {"bsearch": (BSEARCH, HASH_NONE), "sysv": (SYSV, HASH_ELF),
@@ -190,6 +191,46 @@ def encode_hashes(hashes: list[int], hid: int, little: bool) -> bytes:
                                 len(payload)) + payload
 
 
+RECORD_ALIGN = 8                # each record of a section starts at a multiple of 8
+
+
+def join_records(records: list[bytes]) -> bytes:
+    """One section holding several stored tables (one per strategy, or one per hash
+    function for ``.undef.hash``), each padded to a multiple of RECORD_ALIGN bytes; a
+    single record is the section itself (docs/lookup.md)."""
+    if len(records) == 1:
+        return records[0]
+    out = bytearray()
+    for r in records:
+        out += r
+        out += bytes(-len(out) % RECORD_ALIGN)
+    return bytes(out)
+
+
+def split_records(data: bytes, little: bool, path: str | None = None,
+                  offset: int = 0) -> list[tuple[int, bytes]]:
+    """The records of a section as (offset in the section, bytes), each as :func:`decode`
+    takes it.  A section of one record is that record whatever its size."""
+    hdr = _header(little)
+    if len(data) >= hdr.size and HEADER_SIZE + hdr.unpack_from(data, 0)[6] == len(data):
+        return [(0, data)]
+    out, pos = [], 0
+    while pos < len(data):
+        if len(data) - pos < hdr.size:
+            if not any(data[pos:]):
+                break            # padding after the last record
+            raise FormatError(f"{len(data) - pos} bytes left: too short for a stored "
+                              f"table header", path, offset + pos)
+        size = hdr.unpack_from(data, pos)[6]
+        end = pos + HEADER_SIZE + size
+        if end > len(data):
+            raise FormatError(f"payload of {size} bytes runs past the section", path,
+                              offset + pos + 12)
+        out.append((pos, data[pos:end]))
+        pos = end + (-end % RECORD_ALIGN)
+    return out
+
+
 def decode(data: bytes, little: bool, path: str | None = None, offset: int = 0) -> Stored:
     """Read a stored table back; every count and value is checked against the payload and
     the table size, so a damaged section raises FormatError (with *offset*, where the
@@ -327,7 +368,7 @@ def embedded_strategy(strategy: Strategy | str) -> Strategy:
         raise ValueError(f"strategy {st.name} has no stored layout")
 
     def build(t: Table) -> TableIndex:
-        got = t.extra.get(EMBEDDED)
+        got = t.extra.get(EMBEDDED_ALL, {}).get(st.name) or t.extra.get(EMBEDDED)
         if got is None:
             raise FormatError(f"{t.name} of owner {t.owner} has no embedded {st.name} table")
         stored, index = got  # type: ignore[misc]

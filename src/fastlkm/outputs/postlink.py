@@ -31,10 +31,11 @@ from fastlkm.kernel.signature import sign, split_signature
 from fastlkm.kernel.sort import export_table_sections, sort_exports, sort_order
 from fastlkm.loader.embedded import fastlkm_sections, verify_image
 from fastlkm.lookup.sections import MAGIC, STORABLE
-from fastlkm.lookup.strategies import STRATEGIES
+from fastlkm.lookup.strategies import STRATEGIES, Strategy
 from fastlkm.outputs.sections import hash_sections
 
-STYLES = tuple(STORABLE)
+ALL_STYLES = "all"             # one record per storable style
+STYLES = (*STORABLE, ALL_STYLES)
 NOT_PROCESSED = "not processed by fastlkm hash (no embedded tables)"
 RECOMPRESSED = ("xz", "zstd", "gzip")   # what the kernel's module decompressor reads
 
@@ -49,13 +50,23 @@ class HashOptions:
     sign_cert: str | None = None
     sign_hash: str = "sha256"
 
+    def strategies(self) -> Strategy | list[Strategy]:
+        """The strategy to embed, or with style ``all`` every storable one (one record
+        each: what the patched kernel switches between at run time)."""
+        if self.style == ALL_STYLES:
+            return [STRATEGIES[s] for s in STORABLE]
+        return STRATEGIES[self.style]
+
     def check(self) -> None:
-        if self.style not in STORABLE:
+        if self.style == ALL_STYLES:
+            pass
+        elif self.style not in STORABLE:
             why = {"linear": "it needs no table", "global": "it is one index over every "
                    "loaded export, built as modules load"}.get(self.style, "unknown style")
             raise UsageError(f"style {self.style} cannot be embedded ({why}); styles: "
                              f"{', '.join(STYLES)}")
-        if self.undef_hash and STRATEGIES[self.style].hash is None:
+        if self.undef_hash and self.style != ALL_STYLES and \
+                STRATEGIES[self.style].hash is None:
             raise UsageError(f"--undef-hash needs a style that hashes, not {self.style}")
         if (self.sign_key is None) != (self.sign_cert is None):
             raise UsageError("signing needs both --sign-key and --sign-cert")
@@ -114,7 +125,7 @@ def process_image(data: bytes, path: str, opts: HashOptions
             if sort_order(names) != list(range(len(names))):
                 notes.append(f"{sec.name} is not sorted; a linked image is left as linked")
     exports = read_exports(elf)
-    want = hash_sections(elf, exports, STRATEGIES[opts.style], opts.undef_hash)
+    want = hash_sections(elf, exports, opts.strategies(), opts.undef_hash)
     kind = "module" if module else "vmlinux"
     tables = sum(1 for s in want if s.name.endswith(".htable"))
     if _same(elf, want):

@@ -24,31 +24,46 @@ from fastlkm.loader.scenario import export_tables
 from fastlkm.lookup.sections import (
     GNU,
     PERFECT,
+    RECORD_ALIGN,
     STORABLE,
     encode_hashes,
     encode_index,
     hash_id,
+    join_records,
 )
 from fastlkm.lookup.strategies import Strategy
 
 
-def hash_sections(elf: ElfFile, exports: list[Export], strategy: Strategy,
-                  undef_hash: bool = False) -> list[NewSection]:
-    """The sections that index *exports* (the export tables of *elf*) with *strategy*."""
-    if strategy.name not in STORABLE or strategy.build is None:
-        raise ValueError(f"strategy {strategy.name} has no stored layout")
+def hash_sections(elf: ElfFile, exports: list[Export],
+                  strategy: Strategy | list[Strategy], undef_hash: bool = False
+                  ) -> list[NewSection]:
+    """The sections that index *exports* (the export tables of *elf*) with *strategy*, or
+    with each of a list of strategies (one record per strategy in each section, and one
+    ``.undef.hash`` record per hash function they use: what a kernel that switches
+    strategies at run time reads)."""
+    several = isinstance(strategy, list)
+    strategies = strategy if isinstance(strategy, list) else [strategy]
+    for st in strategies:
+        if st.name not in STORABLE or st.build is None:
+            raise ValueError(f"strategy {st.name} has no stored layout")
     module = elf.e_type == ET_REL
     out = []
     for t in export_tables(exports, -1, False):
-        index = strategy.build(t)
-        data = encode_index(strategy, index, len(t.names), elf.little)
-        align = 8 if STORABLE[strategy.name][0] in (GNU, PERFECT) else 4
+        data = join_records([encode_index(st, st.build(t), len(t.names), elf.little)
+                             for st in strategies if st.build is not None])
+        if several:
+            align = RECORD_ALIGN
+        else:
+            align = 8 if STORABLE[strategies[0].name][0] in (GNU, PERFECT) else 4
         out.append(NewSection(htable_name(t.name), data, SHT_PROGBITS,
                               SHF_ALLOC if module else 0, align))
     if undef_hash and module:
-        if strategy.hash is None:
-            raise ValueError(f"strategy {strategy.name} hashes nothing")
-        fn = strategy.hash
-        data = encode_hashes([fn(n) for n in undefined_names(elf)], hash_id(fn), elf.little)
-        out.append(NewSection(UNDEF_HASH, data, SHT_PROGBITS, 0, 4))
+        fns = list(dict.fromkeys(st.hash for st in strategies if st.hash is not None))
+        if not fns:
+            raise ValueError(f"strategy {strategies[0].name} hashes nothing")
+        names = undefined_names(elf)
+        data = join_records([encode_hashes([fn(n) for n in names], hash_id(fn), elf.little)
+                             for fn in fns])
+        out.append(NewSection(UNDEF_HASH, data, SHT_PROGBITS, 0,
+                              RECORD_ALIGN if several else 4))
     return out
