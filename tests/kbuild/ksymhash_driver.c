@@ -20,6 +20,11 @@ static int counted_strcmp(const char *a, const char *b)
 	return strcmp(a, b);
 }
 
+typedef uint8_t u8;
+typedef uint16_t u16;
+typedef uint32_t u32;
+typedef uint64_t u64;
+
 #define KSYMHASH_NAME(ctx, i) (((const char *const *)(ctx))[i])
 #define KSYMHASH_STRCMP(a, b) counted_strcmp(a, b)
 #include "ksymhash.h"

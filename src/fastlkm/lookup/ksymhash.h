@@ -1,11 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * ksymhash.h - lookup tables of export tables, as fastlkm writes them
+ * Lookup tables of export tables, as fastlkm writes them
  *
- * One source for both hosts: the kernel's module loader includes it
- * (kernel/module/ksymhash.h, from the fastlkm patch series) and so does
- * fastlkm's user-space engine (src/fastlkm/lookup/ksymhash.h); the two
- * files are the same bytes, which fastlkm's tests check.
+ * One source for both hosts: the kernel's module loader includes this
+ * header, from the fastlkm patch series, and so does fastlkm's user-space
+ * engine, from its lookup package; the two copies are the same bytes,
+ * which fastlkm's tests check.
  *
  * A lookup table indexes one export table (__ksymtab, __ksymtab_gpl, ...)
  * of n entries.  It is a record: a 16-byte header, then a payload.
@@ -32,7 +32,7 @@
  * The includer defines, before including this file:
  *	KSYMHASH_NAME(ctx, i)	the name of entry i of the export table ctx
  *	KSYMHASH_STRCMP(a, b)	strcmp(a, b), counted as it wishes
- * and in user space provides uint8_t ... uint64_t and size_t.
+ * and in user space provides u8, u16, u32, u64, memcmp() and memset().
  */
 #ifndef KSYMHASH_H
 #define KSYMHASH_H
@@ -63,38 +63,38 @@ enum ksymhash_hash {
 
 /* what a lookup counted, beside the includer's strcmp calls */
 struct ksymhash_counts {
-	uint64_t chain_steps;
-	uint64_t bloom_rejections;
+	u64 chain_steps;
+	u64 bloom_rejections;
 };
 
 /* a record, checked and decoded by ksymhash_parse() */
 struct ksymhash_table {
-	uint8_t layout, hash, width;
-	uint32_t n;
-	uint32_t size;				/* payload bytes */
-	const uint8_t *payload;
+	u8 layout, hash, width;
+	u32 n;
+	u32 size;				/* payload bytes */
+	const u8 *payload;
 	/* bsearch: order[n] or NULL (the table is sorted) */
 	const void *order;
 	/* sysv */
-	uint32_t nbucket;
-	const uint32_t *bucket, *chain, *hashes;
+	u32 nbucket;
+	const u32 *bucket, *chain, *hashes;
 	/* gnu */
-	uint32_t nbuckets, maskwords, shift2;
-	const uint64_t *bloom;
-	const uint32_t *buckets, *gchain;
+	u32 nbuckets, maskwords, shift2;
+	const u64 *bloom;
+	const u32 *buckets, *gchain;
 	const void *index;
 	/* perfect: nbuckets, bloom, index (the slots) as above */
-	uint32_t nslots, nwords, seed;
-	const uint16_t *pilots;
+	u32 nslots, nwords, seed;
+	const u16 *pilots;
 	/* 2^64 / nbucket (sysv) or nbuckets (gnu) + 1: x % d by multiplying */
-	uint64_t recip;
+	u64 recip;
 };
 
 /* the gABI ELF hash */
-static inline uint32_t ksymhash_elf(const char *name)
+static inline u32 ksymhash_elf(const char *name)
 {
 	const unsigned char *s = (const unsigned char *)name;
-	uint32_t h = 0, g;
+	u32 h = 0, g;
 
 	while (*s) {
 		h = (h << 4) + *s++;
@@ -107,23 +107,23 @@ static inline uint32_t ksymhash_elf(const char *name)
 }
 
 /* Bernstein's h * 33 + c from 5381, as .gnu.hash */
-static inline uint32_t ksymhash_djb(const char *name)
+static inline u32 ksymhash_djb(const char *name)
 {
 	const unsigned char *s = (const unsigned char *)name;
-	uint32_t h = 5381;
+	u32 h = 5381;
 
 	while (*s)
 		h = h * 33 + *s++;
 	return h;
 }
 
-static inline uint32_t ksymhash_hash(int hash, const char *name)
+static inline u32 ksymhash_hash(int hash, const char *name)
 {
 	return hash == KSYMHASH_HASH_ELF ? ksymhash_elf(name) : ksymhash_djb(name);
 }
 
 /* murmur3's 32-bit finaliser */
-static inline uint32_t ksymhash_mix32(uint32_t h)
+static inline u32 ksymhash_mix32(u32 h)
 {
 	h ^= h >> 16;
 	h *= 0x85EBCA6Bu;
@@ -134,42 +134,42 @@ static inline uint32_t ksymhash_mix32(uint32_t h)
 }
 
 /* x scaled into [0, d) by one multiplication (Lemire's fastrange) */
-static inline uint32_t ksymhash_range(uint32_t x, uint32_t d)
+static inline u32 ksymhash_range(u32 x, u32 d)
 {
-	return (uint32_t)(((uint64_t)x * d) >> 32);
+	return (u32)(((u64)x * d) >> 32);
 }
 
 /* x % d from recip = 2^64 / d + 1, without a division (Lemire's fastmod) */
-static inline uint32_t ksymhash_mod(uint32_t x, uint64_t recip, uint32_t d)
+static inline u32 ksymhash_mod(u32 x, u64 recip, u32 d)
 {
 #ifdef __KERNEL__
-	return (uint32_t)mul_u64_u64_shr(recip * x, d, 64);
+	return (u32)mul_u64_u64_shr(recip * x, d, 64);
 #else
-	return (uint32_t)(((unsigned __int128)(recip * x) * d) >> 64);
+	return (u32)(((__uint128_t)(recip * x) * d) >> 64);
 #endif
 }
 
-static inline uint64_t ksymhash_recip(uint32_t d)
+static inline u64 ksymhash_recip(u32 d)
 {
-	return ~(uint64_t)0 / d + 1;
+	return ~(u64)0 / d + 1;
 }
 
-static inline uint32_t ksymhash_idx(const void *a, int width, uint32_t i)
+static inline u32 ksymhash_idx(const void *a, int width, u32 i)
 {
-	return width == 2 ? ((const uint16_t *)a)[i] : ((const uint32_t *)a)[i];
+	return width == 2 ? ((const u16 *)a)[i] : ((const u32 *)a)[i];
 }
 
 /* what a lookup computes once from a name's DJB hash for every perfect table */
 struct ksymhash_key {
-	uint32_t h;
-	uint32_t mixed;
-	uint32_t bloom_a;
-	uint64_t bloom_bits;
+	u32 h;
+	u32 mixed;
+	u32 bloom_a;
+	u64 bloom_bits;
 };
 
-static inline void ksymhash_key_init(struct ksymhash_key *k, uint32_t h)
+static inline void ksymhash_key_init(struct ksymhash_key *k, u32 h)
 {
-	uint32_t b;
+	u32 b;
 
 	k->h = h;
 	k->mixed = ksymhash_mix32(h);
@@ -182,7 +182,7 @@ static inline void ksymhash_key_init(struct ksymhash_key *k, uint32_t h)
 
 /* take size bytes at *pos of the payload; NULL when they do not fit */
 static inline const void *ksymhash_take(const struct ksymhash_table *t,
-					uint64_t *pos, uint64_t size)
+					u64 *pos, u64 size)
 {
 	const void *p = t->payload + *pos;
 
@@ -192,10 +192,10 @@ static inline const void *ksymhash_take(const struct ksymhash_table *t,
 	return p;
 }
 
-static inline int ksymhash_index_ok(const void *a, int width, uint32_t count,
-				    uint32_t n, int allow_empty)
+static inline int ksymhash_index_ok(const void *a, int width, u32 count,
+				    u32 n, int allow_empty)
 {
-	uint32_t i, v, empty = width == 2 ? 0xFFFF : 0xFFFFFFFFu;
+	u32 i, v, empty = width == 2 ? 0xFFFF : 0xFFFFFFFFu;
 
 	for (i = 0; i < count; i++) {
 		v = ksymhash_idx(a, width, i);
@@ -207,9 +207,9 @@ static inline int ksymhash_index_ok(const void *a, int width, uint32_t count,
 
 static inline const char *ksymhash_parse_sysv(struct ksymhash_table *t)
 {
-	uint64_t pos = 0, steps = 0;
-	const uint32_t *w = ksymhash_take(t, &pos, 8);
-	uint32_t b, j;
+	u64 pos = 0, steps = 0;
+	const u32 *w = ksymhash_take(t, &pos, 8);
+	u32 b, j;
 
 	if (!w || w[0] == 0 || w[1] != t->n)
 		return "bad sysv nbucket or nchain";
@@ -232,9 +232,9 @@ static inline const char *ksymhash_parse_sysv(struct ksymhash_table *t)
 
 static inline const char *ksymhash_parse_gnu(struct ksymhash_table *t)
 {
-	uint64_t pos = 0;
-	const uint32_t *w = ksymhash_take(t, &pos, 16);
-	uint32_t i;
+	u64 pos = 0;
+	const u32 *w = ksymhash_take(t, &pos, 16);
+	u32 i;
 
 	if (!w || w[0] == 0 || w[1] != 1 || w[2] == 0 || (w[2] & (w[2] - 1)) ||
 	    w[3] >= 32)
@@ -245,7 +245,7 @@ static inline const char *ksymhash_parse_gnu(struct ksymhash_table *t)
 	t->bloom = ksymhash_take(t, &pos, 8ULL * t->maskwords);
 	t->buckets = ksymhash_take(t, &pos, 4ULL * t->nbuckets);
 	t->gchain = ksymhash_take(t, &pos, 4ULL * t->n);
-	t->index = ksymhash_take(t, &pos, (uint64_t)t->width * t->n);
+	t->index = ksymhash_take(t, &pos, (u64)t->width * t->n);
 	if (!t->bloom || !t->buckets || !t->gchain || !t->index ||
 	    pos != t->size)
 		return "gnu arrays do not fit the payload";
@@ -263,10 +263,10 @@ static inline const char *ksymhash_parse_gnu(struct ksymhash_table *t)
 
 static inline const char *ksymhash_parse_perfect(struct ksymhash_table *t)
 {
-	uint64_t pos = 0;
-	const uint8_t *p = ksymhash_take(t, &pos, 2);
-	const uint16_t *h16;
-	const uint32_t *h32;
+	u64 pos = 0;
+	const u8 *p = ksymhash_take(t, &pos, 2);
+	const u16 *h16;
+	const u32 *h32;
 
 	if (!p || (p[1] & ~KSYMHASH_PERFECT_WIDE))
 		return "bad perfect header";
@@ -291,7 +291,7 @@ static inline const char *ksymhash_parse_perfect(struct ksymhash_table *t)
 	if (!t->nbuckets || t->nslots < t->n || !t->nwords)
 		return "bad perfect counts";
 	t->bloom = ksymhash_take(t, &pos, 8ULL * t->nwords);
-	t->index = ksymhash_take(t, &pos, (uint64_t)t->width * t->nslots);
+	t->index = ksymhash_take(t, &pos, (u64)t->width * t->nslots);
 	t->pilots = ksymhash_take(t, &pos, 2ULL * t->nbuckets);
 	if (!t->bloom || !t->index || !t->pilots || pos != t->size)
 		return "perfect arrays do not fit the payload";
@@ -306,14 +306,14 @@ static inline const char *ksymhash_parse_perfect(struct ksymhash_table *t)
  * why the record cannot be used.  The record must be 8-byte aligned.
  */
 static inline const char *ksymhash_parse(struct ksymhash_table *t,
-					 const void *rec, uint64_t avail,
-					 uint32_t n)
+					 const void *rec, u64 avail,
+					 u32 n)
 {
-	const uint8_t *h = rec;
-	const uint32_t *w = rec;
+	const u8 *h = rec;
+	const u32 *w = rec;
 
 	memset(t, 0, sizeof(*t));
-	if (avail < KSYMHASH_HDR_SIZE || ((uintptr_t)rec & (KSYMHASH_ALIGN - 1)))
+	if (avail < KSYMHASH_HDR_SIZE || ((unsigned long)rec & (KSYMHASH_ALIGN - 1)))
 		return "truncated header";
 	if (memcmp(h, KSYMHASH_MAGIC, 4))
 		return "bad magic";
@@ -335,7 +335,7 @@ static inline const char *ksymhash_parse(struct ksymhash_table *t,
 	if (t->layout == KSYMHASH_HASHES) {
 		if (t->size != 4ULL * t->n)
 			return "hashes do not fit the payload";
-		t->hashes = (const uint32_t *)t->payload;
+		t->hashes = (const u32 *)t->payload;
 		return NULL;
 	}
 	if (t->n != n)
@@ -344,7 +344,7 @@ static inline const char *ksymhash_parse(struct ksymhash_table *t,
 	case KSYMHASH_BSEARCH:
 		if (!t->size)
 			return NULL;
-		if (t->size != (uint64_t)t->width * n)
+		if (t->size != (u64)t->width * n)
 			return "bsearch order does not fit the payload";
 		t->order = t->payload;
 		return ksymhash_index_ok(t->order, t->width, n, n, 0) ?
@@ -360,21 +360,21 @@ static inline const char *ksymhash_parse(struct ksymhash_table *t,
 }
 
 /* the offset of the record after the one at off, 8-byte aligned */
-static inline uint64_t ksymhash_next(const void *rec, uint64_t off)
+static inline u64 ksymhash_next(const void *rec, u64 off)
 {
-	const uint32_t *w = rec;
+	const u32 *w = rec;
 
 	return (off + KSYMHASH_HDR_SIZE + w[3] + KSYMHASH_ALIGN - 1) &
-		~(uint64_t)(KSYMHASH_ALIGN - 1);
+		~(u64)(KSYMHASH_ALIGN - 1);
 }
 
 /* --- lookups: the entry of the table, or KSYMHASH_NOT_FOUND ----------------- */
 
 /* the 2009 loop: strcmp each entry in order */
-static inline long ksymhash_find_linear(const void *ctx, uint32_t n,
+static inline long ksymhash_find_linear(const void *ctx, u32 n,
 					const char *name)
 {
-	uint32_t i;
+	u32 i;
 
 	for (i = 0; i < n; i++)
 		if (KSYMHASH_STRCMP(name, KSYMHASH_NAME(ctx, i)) == 0)
@@ -384,10 +384,10 @@ static inline long ksymhash_find_linear(const void *ctx, uint32_t n,
 
 /* lib/bsearch.c's loop, through order[] when the table is not sorted */
 static inline long ksymhash_find_bsearch(const struct ksymhash_table *t,
-					 const void *ctx, uint32_t n,
+					 const void *ctx, u32 n,
 					 const char *name)
 {
-	uint32_t base = 0, num = n, pivot, i;
+	u32 base = 0, num = n, pivot, i;
 	int r;
 
 	while (num > 0) {
@@ -408,9 +408,9 @@ static inline long ksymhash_find_bsearch(const struct ksymhash_table *t,
 /* a SysV ELF .hash with each entry's hash stored beside it (Amoroso) */
 static inline long ksymhash_find_sysv(const struct ksymhash_table *t,
 				      const void *ctx, const char *name,
-				      uint32_t h, struct ksymhash_counts *c)
+				      u32 h, struct ksymhash_counts *c)
 {
-	uint32_t j, i;
+	u32 j, i;
 
 	for (j = t->bucket[ksymhash_mod(h, t->recip, t->nbucket)]; j;
 	     j = t->chain[i]) {
@@ -426,10 +426,10 @@ static inline long ksymhash_find_sysv(const struct ksymhash_table *t,
 /* DT_GNU_HASH with its Bloom filter, symoffset 1 */
 static inline long ksymhash_find_gnu(const struct ksymhash_table *t,
 				     const void *ctx, const char *name,
-				     uint32_t h, struct ksymhash_counts *c)
+				     u32 h, struct ksymhash_counts *c)
 {
-	uint64_t word = t->bloom[(h / 64) & (t->maskwords - 1)];
-	uint32_t j, pos, v, i;
+	u64 word = t->bloom[(h / 64) & (t->maskwords - 1)];
+	u32 j, pos, v, i;
 
 	if (!((word >> (h % 64)) & (word >> ((h >> t->shift2) % 64)) & 1)) {
 		c->bloom_rejections++;
@@ -458,8 +458,8 @@ static inline long ksymhash_find_perfect(const struct ksymhash_table *t,
 					 const struct ksymhash_key *k,
 					 struct ksymhash_counts *c)
 {
-	uint64_t word = t->bloom[ksymhash_range(k->bloom_a, t->nwords)];
-	uint32_t p, pos, i;
+	u64 word = t->bloom[ksymhash_range(k->bloom_a, t->nwords)];
+	u32 p, pos, i;
 
 	if ((word & k->bloom_bits) != k->bloom_bits) {
 		c->bloom_rejections++;
@@ -481,7 +481,7 @@ static inline long ksymhash_find_perfect(const struct ksymhash_table *t,
  * h is the name's hash by t->hash, k its perfect key (from the DJB hash).
  */
 static inline long ksymhash_find(const struct ksymhash_table *t,
-				 const void *ctx, const char *name, uint32_t h,
+				 const void *ctx, const char *name, u32 h,
 				 const struct ksymhash_key *k,
 				 struct ksymhash_counts *c)
 {
