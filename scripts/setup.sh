@@ -23,6 +23,8 @@ if [ "$want_tests" = test ]; then
     # download; libc6-dev builds the static finit_module helper; openssl re-signs modules
     apt_install kmod qemu-system-x86 busybox-static cpio binutils xz-utils zstd lz4 dpkg-dev time \
         libc6-dev openssl
+    # fastlkm kernel build: Debian's 6.12 with the patch series (src/fastlkm/data/linux)
+    apt_install flex bison libelf-dev bc libssl-dev dwarves make patch ccache
 fi
 if [ ! -x "$here/.venv/bin/python" ]; then python3 -m venv "$here/.venv"; fi
 "$here/.venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true

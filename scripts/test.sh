@@ -6,6 +6,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$here/scripts/setup.sh" test
 python "$here/scripts/corpus.py"
+# the patched kernel the kernel tests boot (tests/kbuild): built once per machine, cached
+fastlkm kernel build
 cd "$here"
 ruff check src tests scripts benchmarks fuzz
 python -m pytest "$@"

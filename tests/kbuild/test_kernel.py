@@ -128,9 +128,9 @@ def test_damaged_tables_are_refused_and_binary_searched(built: KernelBuild) -> N
     if "jbd2" not in names:
         skip_or_fail("the build has no ext4 with jbd2 as modules")
     victim = next(m for m in order if m.name == "jbd2")
-    plain, _ = split_signature(Path(victim.path).read_bytes())
+    plain, _ = split_signature((built.moddir / victim.path).read_bytes())
     rng = random.Random(20091015)
-    files = [(f"modules/{m.name}.ko", 0o100644, Path(m.path).read_bytes(), 0)
+    files = [(f"modules/{m.name}.ko", 0o100644, (built.moddir / m.path).read_bytes(), 0)
              for m in order]
     cases = []
     for k in range(100):

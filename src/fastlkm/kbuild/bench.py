@@ -57,6 +57,11 @@ class StrategyReport:
     fallbacks: int                    # tables binary searched for want of a table
     resolution_share: float           # symbol resolution / whole load_module() time
     ns_per_lookup_rounds: list[float] = field(default_factory=list)
+    kernel_chain_steps: int = 0       # per round: chain entries, slots or nodes visited
+    model_chain_steps: int = 0
+    kernel_bloom_rejections: int = 0  # per round: tables a Bloom filter skipped
+    model_bloom_rejections: int = 0
+    kernel_hashes: int = 0            # per round: names hashed at run time (none stored)
     update_ns_per_load: float = 0.0   # global: inserts on load and removals on unload
     load_cost_ns: float = 0.0         # resolution + index upkeep, per module load
     vmlinux_bytes: int = 0
@@ -66,8 +71,10 @@ class StrategyReport:
 
     @property
     def counts_equal(self) -> bool:
-        return (self.kernel_lookups, self.kernel_strcmp) == (self.model_lookups,
-                                                             self.model_strcmp)
+        return (self.kernel_lookups, self.kernel_strcmp, self.kernel_chain_steps,
+                self.kernel_bloom_rejections) == (self.model_lookups, self.model_strcmp,
+                                                  self.model_chain_steps,
+                                                  self.model_bloom_rejections)
 
 
 @dataclass
@@ -81,6 +88,7 @@ class KernelReport:
     stuck: list[str]                  # loaded in round 0 and never unloadable
     seconds: float
     refusals: list[str]               # the loader's refusals in the kernel log
+    clock_ns: int = 0                 # taken off each lookup: its two clock reads
     note: str = ("QEMU TCG: software emulation models no caches; times compare the "
                  "strategies of one boot, not real hardware")
 
@@ -103,7 +111,8 @@ class KernelReport:
                  f"note: {self.note}",
                  f"{'strategy':9} {'ns/lookup':>10} {'spread':>15} {'lookups':>8} "
                  f"{'strcmp':>10} {'model strcmp':>12} {'equal':>5} {'vs linear':>9} "
-                 f"{'vs bsearch':>10} {'load cost':>9} {'share':>6} {'mism':>4}"]
+                 f"{'vs bsearch':>10} {'load cost':>9} {'share':>6} {'mism':>4} "
+                 f"{'hashed':>6}"]
         for s in self.strategies:
             lo, hi = (min(s.ns_per_lookup_rounds), max(s.ns_per_lookup_rounds)) \
                 if s.ns_per_lookup_rounds else (0, 0)
@@ -114,7 +123,7 @@ class KernelReport:
                 f"{s.kernel_lookups:8d} {s.kernel_strcmp:10d} {s.model_strcmp:12d} "
                 f"{'yes' if s.counts_equal else 'NO':>5} {vl:>9} {vb:>10} "
                 f"{s.load_cost_ns / 1000:8.0f}us {s.resolution_share:6.1%} "
-                f"{s.mismatches:4d}")
+                f"{s.mismatches:4d} {s.kernel_hashes:6d}")
         for name, claim in CLAIMS.items():
             s = next((x for x in self.strategies if x.name == name), None)
             if s is not None and s.vs_linear:
@@ -219,8 +228,9 @@ def parse_guest(results: str) -> GuestStats:
 
 
 def model_counts(system: System, stuck: list[str], measured: list[str]
-                 ) -> dict[str, tuple[int, int]]:
-    """Per strategy, (lookups, strcmp calls) of one measured round as the loader model
+                 ) -> dict[str, tuple[int, int, int, int]]:
+    """Per strategy, (lookups, strcmp calls, chain steps, Bloom rejections) of one
+    measured round as the loader model
     predicts them: the stuck modules loaded first (their lookups not counted), then the
     measured set loaded in order and unloaded in reverse."""
     from fastlkm.lookup import native
@@ -246,7 +256,7 @@ def model_counts(system: System, stuck: list[str], measured: list[str]
             c = native.run(st, vmlinux, search.tables, events, repeats=1).counters
         else:
             c = replay(st, vmlinux, search.tables, events).counters
-        out[s] = (c.lookups, c.strcmp)
+        out[s] = (c.lookups, c.strcmp, c.chain_steps, c.bloom_rejections)
     return out
 
 
@@ -290,16 +300,21 @@ def run_bench(rounds: int = 5, json_path: str | None = None,
     names = []
     for m in ordered:
         names.append(m.name)
-        files.append((f"modules/{m.name}.ko", 0o100644, Path(m.path).read_bytes(), 0))
+        files.append((f"modules/{m.name}.ko", 0o100644,
+                      (build.moddir / m.path).read_bytes(), 0))
     init = init_script(names, KERNEL_STRATEGIES, rounds)
     guest = run_guest(build.bzimage, busybox_initramfs(init, files),
                       append="module.sig_enforce=1", timeout=timeout, memory_mb=1536)
     g = parse_guest(guest.results)
     model = model_counts(system, g.stuck, g.list)
     final = next(t for r, s, t in g.snapshots if r == "check")
+    # what the two clock reads around each lookup add, measured by the kernel at boot
+    clock = final.get("clock_ns", {}).get("value", 0)
     reports = []
     for s in KERNEL_STRATEGIES:
         per = _delta(g.snapshots, s)
+        for d in per:
+            d["ns"] = max(0, d["ns"] - clock * d["lookups"])
         ns = [d["ns"] / d["lookups"] for d in per if d["lookups"]]
         lookups = per[-1]["lookups"] if per else 0
         strcmp = per[-1]["strcmp"] if per else 0
@@ -308,17 +323,25 @@ def run_bench(rounds: int = 5, json_path: str | None = None,
         loads = sum(d["loads"] for d in per)
         load_ns = sum(d["load_ns"] for d in per)
         update = sum(d["update_ns"] for d in per)
-        rounds_equal = {(d["lookups"], d["strcmp"]) for d in per}
+        rounds_equal = {(d["lookups"], d["strcmp"], d["chain_steps"], d["bloom_rejections"])
+                        for d in per}
         if len(rounds_equal) > 1:
             lookups, strcmp = -1, -1        # the kernel counted differently per round
+        last: dict[str, int] = per[-1] if per else {}
         reports.append(StrategyReport(
-            s, total_ns / total_lookups if total_lookups else 0.0, lookups, strcmp,
-            *model[s], sum(1 for f in g.failures if f.split()[1] == s),
-            final[s]["mismatches"], sum(d["fallbacks"] for d in per),
-            total_ns / load_ns if load_ns else 0.0, ns,
-            update / loads if loads else 0.0,
-            (total_ns + update) / loads if loads else 0.0,
-            final[s]["vmlinux_bytes"], per[-1]["module_bytes"] if per else 0))
+            name=s, kernel_ns_per_lookup=total_ns / total_lookups if total_lookups else 0.0,
+            kernel_lookups=lookups, kernel_strcmp=strcmp,
+            model_lookups=model[s][0], model_strcmp=model[s][1],
+            failures=sum(1 for f in g.failures if f.split()[1] == s),
+            mismatches=final[s]["mismatches"], fallbacks=sum(d["fallbacks"] for d in per),
+            resolution_share=total_ns / load_ns if load_ns else 0.0,
+            ns_per_lookup_rounds=ns,
+            update_ns_per_load=update / loads if loads else 0.0,
+            load_cost_ns=(total_ns + update) / loads if loads else 0.0,
+            vmlinux_bytes=final[s]["vmlinux_bytes"], module_bytes=last.get("module_bytes", 0),
+            kernel_chain_steps=last.get("chain_steps", 0), model_chain_steps=model[s][2],
+            kernel_bloom_rejections=last.get("bloom_rejections", 0),
+            model_bloom_rejections=model[s][3], kernel_hashes=last.get("hashes", 0)))
     base = {r.name: r.kernel_ns_per_lookup for r in reports}
     for r in reports:
         if r.kernel_ns_per_lookup:
@@ -326,7 +349,7 @@ def run_bench(rounds: int = 5, json_path: str | None = None,
             r.vs_bsearch = base["bsearch"] / r.kernel_ns_per_lookup
     report = KernelReport(build.release, len(g.list), int(build.info["vmlinux_exports"]),
                           rounds, reports, g.noload, g.stuck, guest.seconds,
-                          refusals(g.dmesg))
+                          refusals(g.dmesg), clock)
     if json_path:
         atomic_write(Path(json_path), json.dumps(report.to_json(), indent=1).encode())
     return report

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastlkm.elf.reader import ElfFile
+from fastlkm.elf.structs import SHT_PROGBITS
 from fastlkm.errors import FormatError
 from fastlkm.io.atomic import atomic_write
 from fastlkm.kernel.ksymtab import read_exports
@@ -30,6 +31,7 @@ from fastlkm.lookup.sections import RECORD_ALIGN, STORABLE, encode_index, join_r
 from fastlkm.lookup.strategies import STRATEGIES
 
 SECTION = "__ksymtab_htables"
+START, STOP = f"__start_{SECTION}", f"__stop_{SECTION}"
 MAGIC = b"FLKV"
 VERSION = 1
 TABLES = ("__ksymtab", "__ksymtab_gpl")   # the order of the directory, the kernel's
@@ -89,13 +91,23 @@ def fill_vmlinux(path: str) -> Filled:
     if sec is None:
         raise FormatError(f"no {SECTION} section: not a kernel built with "
                           f"CONFIG_MODULE_FAST_LOOKUP", path)
+    # the kernel reads from __start___ksymtab_htables to __stop___ksymtab_htables
+    marks = {s.name: s.value for s in elf.symbols_where(prefix=b"__st")
+             if s.name in (START, STOP)}
+    if set(marks) != {START, STOP} or not \
+            sec.addr <= marks[START] <= marks[STOP] <= sec.addr + sec.size:
+        raise elf.error(f"{START} and {STOP} do not bound {SECTION}", sec.offset)
+    begin = sec.offset + marks[START] - sec.addr
+    room = marks[STOP] - marks[START]
+    if marks[START] % RECORD_ALIGN:
+        raise elf.error(f"{START} is not {RECORD_ALIGN}-byte aligned", begin)
     data, entries = vmlinux_tables(elf)
-    if len(data) > sec.size:
+    if len(data) > room:
         raise elf.error(f"{SECTION}: the tables need {len(data)} bytes, the linker script "
-                        f"reserved {sec.size}", sec.offset)
-    if sec.offset + sec.size > len(raw):
+                        f"reserved {room}", begin)
+    if sec.type != SHT_PROGBITS or begin + room > len(raw):
         raise elf.error(f"{SECTION} has no contents in the file (NOBITS?)", sec.offset)
     out = bytearray(raw)
-    out[sec.offset:sec.offset + sec.size] = data + bytes(sec.size - len(data))
+    out[begin:begin + room] = data + bytes(room - len(data))
     atomic_write(Path(path), bytes(out), mode=Path(path).stat().st_mode & 0o7777)
-    return Filled(path, len(data), sec.size, entries)
+    return Filled(path, len(data), room, entries)
