@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,7 @@ CLAIMS = {"bsearch": "Jenkins 2009: ~90-96% less than linear",
 @dataclass
 class StrategyReport:
     name: str
-    kernel_ns_per_lookup: float
+    kernel_ns_per_lookup: float       # median of the rounds, the clock reads taken off
     kernel_lookups: int               # per round
     kernel_strcmp: int                # per round
     model_lookups: int
@@ -319,7 +320,6 @@ def run_bench(rounds: int = 5, json_path: str | None = None,
         lookups = per[-1]["lookups"] if per else 0
         strcmp = per[-1]["strcmp"] if per else 0
         total_ns = sum(d["ns"] for d in per)
-        total_lookups = sum(d["lookups"] for d in per)
         loads = sum(d["loads"] for d in per)
         load_ns = sum(d["load_ns"] for d in per)
         update = sum(d["update_ns"] for d in per)
@@ -329,7 +329,7 @@ def run_bench(rounds: int = 5, json_path: str | None = None,
             lookups, strcmp = -1, -1        # the kernel counted differently per round
         last: dict[str, int] = per[-1] if per else {}
         reports.append(StrategyReport(
-            name=s, kernel_ns_per_lookup=total_ns / total_lookups if total_lookups else 0.0,
+            name=s, kernel_ns_per_lookup=statistics.median(ns) if ns else 0.0,
             kernel_lookups=lookups, kernel_strcmp=strcmp,
             model_lookups=model[s][0], model_strcmp=model[s][1],
             failures=sum(1 for f in g.failures if f.split()[1] == s),
