@@ -222,6 +222,7 @@ def _make(tree: Path, obj: Path, args: list[str], log: Path,
         assert proc.stdout is not None
         for line in proc.stdout:
             f.write(line)
+            f.flush()
             if progress is not None:
                 progress(line.rstrip())
         if proc.wait() != 0:
