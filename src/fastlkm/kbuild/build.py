@@ -130,6 +130,14 @@ def fetch_source(root: Path) -> tuple[Path, str]:
     return deb, version
 
 
+def series_digest(version: str) -> str:
+    """What the patched source tree depends on: the source version and the series."""
+    h = hashlib.sha256(f"source {version}\n".encode())
+    for p in series():
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def build_key(version: str, config: bytes) -> str:
     h = hashlib.sha256()
     h.update(f"layout {LAYOUT}\nsource {version}\n".encode())
@@ -177,9 +185,10 @@ def _patched_files(patches: list[Path]) -> set[str]:
 
 def _patched(pristine: Path, work: Path, digest: str) -> Path:
     """A copy of *pristine* with the series applied; kept while the series is the same
-    (its objects then stay valid), replaced when it changes.  The files the old or the
-    new series write get a new mtime, so that make rebuilds what they feed even where a
-    file went back to its pristine contents (and its pristine mtime)."""
+    (its objects then stay valid), replaced when it changes.  A file the old or the new
+    series writes keeps its old mtime where its contents are the same, and gets a new
+    one where they differ, so that make rebuilds exactly what changed, even where a file
+    went back to its pristine contents (and its pristine mtime)."""
     tree = work / "linux"
     stamp = tree / ".fastlkm-series"
     if stamp.exists() and stamp.read_text().split("\n", 1)[0] == digest:
@@ -199,8 +208,14 @@ def _patched(pristine: Path, work: Path, digest: str) -> Path:
     files = _patched_files(series())
     now = time.time()
     for f in sorted((old_files | files) - {""}):
-        if (tmp / f).exists():
-            os.utime(tmp / f, (now, now))
+        new_f, old_f = tmp / f, tree / f
+        if not new_f.exists():
+            continue
+        if old_f.exists() and old_f.read_bytes() == new_f.read_bytes():
+            st = old_f.stat()           # unchanged: its objects stay valid
+            os.utime(new_f, ns=(st.st_atime_ns, st.st_mtime_ns))
+        else:
+            os.utime(new_f, (now, now))
     old = work / "linux.old"
     shutil.rmtree(old, ignore_errors=True)
     if tree.exists():
@@ -261,7 +276,7 @@ def build_kernel(force: bool = False, jobs: int | None = None,
     start = time.monotonic()
     work = root / "work"
     work.mkdir(exist_ok=True)
-    tree = _patched(_unpack(deb, version, work), work, key)
+    tree = _patched(_unpack(deb, version, work), work, series_digest(version))
     obj = work / "build"
     obj.mkdir(exist_ok=True)
     log = work / "build.log"
