@@ -197,3 +197,93 @@ def test_guest_report_parsing() -> None:
     assert g.list == ["c", "d"] and g.noload == ["x"] and g.stuck == ["a", "b"]
     assert [s[2]["sysv"]["strcmp"] for s in g.snapshots] == [20, 40]
     assert g.dmesg == "hello\n"
+
+
+def _set_license(data: bytes, new: bytes) -> bytes:
+    """The module with its .modinfo license=GPL replaced by *new* (same length)."""
+    old = b"license=GPL\0"
+    assert len(new) == 3 and data.count(old) == 1
+    return data.replace(old, b"license=" + new + b"\0")
+
+
+def _break_crc(data: bytes, elf: ElfFile) -> tuple[bytes, str]:
+    """The module with the CRC of its second __versions entry changed; its symbol."""
+    sec = elf.section("__versions")
+    assert sec is not None and sec.size >= 128
+    entry = sec.offset + 64
+    name = data[entry + 8:entry + 64].split(b"\0")[0].decode()
+    out = bytearray(data)
+    out[entry] ^= 0x5A
+    return bytes(out), name
+
+
+def _rename(data: bytes, elf: ElfFile, old: bytes, new: bytes) -> bytes:
+    """The module under another name of the same length: .modinfo's name= and the name
+    in .gnu.linkonce.this_module (struct module: state, list, then name[], at 24 on
+    x86_64)."""
+    assert len(old) == len(new)
+    sec = elf.section(".gnu.linkonce.this_module")
+    assert sec is not None
+    out = bytearray(data.replace(b"name=" + old + b"\0", b"name=" + new + b"\0"))
+    at = sec.offset + 24
+    assert out[at:at + len(old) + 1] == old + b"\0"
+    out[at:at + len(new)] = new
+    return bytes(out)
+
+
+def test_every_strategy_refuses_as_the_stock_kernel(built: KernelBuild) -> None:
+    """The same refusals under every strategy, line for line: a missing dependency
+    (Unknown symbol), a proprietary license (its GPL-only imports unknown, the taint), a
+    changed CRC (disagrees about version), and a duplicate export (jbd2 under another
+    name, the same exports); the stock kernel's
+    words are those of module.lookup=bsearch, mainline's code path."""
+    system = open_system(str(built.modroot), source="vmlinux")
+    order = load_order(system.modules, ["ext4"], system.kernel)
+    by = {m.name: m for m in order}
+    if not {"ext4", "jbd2", "mbcache"} <= set(by):
+        skip_or_fail("the build has no ext4 with jbd2 and mbcache as modules")
+    raw = {n: split_signature((built.moddir / m.path).read_bytes())[0] for n, m in by.items()}
+    crc_bad, crc_sym = _break_crc(raw["ext4"], ElfFile(raw["ext4"], "ext4"))
+    deps = [m.name for m in order if m.name not in ("ext4", "jbd2")]
+    files = [(f"modules/{n}.ko", 0o100644, d, 0) for n, d in raw.items()]
+    files += [("modules/ext4_pro.ko", 0o100644, _set_license(raw["ext4"], b"Pro"), 0),
+              ("modules/ext4_crc.ko", 0o100644, crc_bad, 0),
+              ("modules/jbd3.ko", 0o100644,
+               _rename(raw["jbd2"], ElfFile(raw["jbd2"], "jbd2"), b"jbd2", b"jbd3"), 0)]
+    init = INIT_HEAD + f"""
+for m in {' '.join(deps)}; do insmod /modules/$m.ko || echo "@@FAIL dep $m" >&3; done
+dmesg -c > /dev/null
+for s in {' '.join(KERNEL_STRATEGIES)}; do
+    echo $s > /sys/module/module/parameters/lookup
+    echo "@@STRATEGY $s" >&3
+    insmod /modules/ext4.ko
+    insmod /modules/jbd2.ko || echo "@@FAIL $s jbd2" >&3
+    insmod /modules/ext4_pro.ko
+    insmod /modules/ext4_crc.ko
+    insmod /modules/jbd2.ko
+    insmod /modules/jbd3.ko
+    insmod /modules/ext4.ko || echo "@@FAIL $s ext4" >&3
+    rmmod ext4
+    rmmod jbd2
+    dmesg -c | sed -e 's/^\\[[ 0-9.]*\\] //' >&3
+done
+echo "@@LIST done" >&3
+""" + INIT_TAIL
+    guest = run_guest(built.bzimage, busybox_initramfs(init, files), timeout=900)
+    body = guest.results.split("@@LIST done", 1)[0]
+    assert "@@FAIL" not in body, body[-3000:]
+    said = dict(re.findall(r"^@@STRATEGY (\S+)\n(.*?)(?=^@@STRATEGY|\Z)", body, re.M | re.S))
+    assert set(said) == set(KERNEL_STRATEGIES)
+    # taints are printed once per boot: the refusals are compared, line for line
+    refused = {s: [ln for ln in text.splitlines()
+                   if re.search(r"Unknown symbol|disagrees about|duplicate symbol", ln)]
+               for s, text in said.items()}
+    stock = refused["bsearch"]
+    # what a stock kernel says for each: checked here so that an empty log cannot pass
+    assert any(ln.startswith("ext4: Unknown symbol jbd2_") for ln in stock), stock
+    assert "ext4: module license 'Pro' taints kernel." in body
+    assert f"ext4: disagrees about version of symbol {crc_sym}" in stock, stock
+    assert any(ln.startswith("jbd3: exports duplicate symbol") and ln.endswith("(owned by jbd2)")
+               for ln in stock), stock
+    for s in KERNEL_STRATEGIES:
+        assert refused[s] == stock, (s, refused[s], stock)
