@@ -37,19 +37,19 @@ HEADER = """\
 SHOWN = 10  # tests named per kind of problem; the rest are counted
 
 
-def read_manifest(path: Path = MANIFEST) -> dict[str, list[str]]:
-    """node id -> marks, as tests/required.txt lists them."""
+def read_manifest(path: Path | None = None) -> dict[str, list[str]]:
+    """node id -> marks, as tests/required.txt (or *path*) lists them."""
     required: dict[str, list[str]] = {}
-    for line in path.read_text().splitlines():
+    for line in (path or MANIFEST).read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             marks, nodeid = line.split(None, 1)
             required[nodeid.strip()] = marks.split(",")
     return required
 
 
-def write_manifest(marked: dict[str, list[str]], path: Path = MANIFEST) -> None:
+def write_manifest(marked: dict[str, list[str]], path: Path | None = None) -> None:
     lines = [f"{','.join(marks):<12} {nodeid}" for nodeid, marks in sorted(marked.items())]
-    path.write_text(HEADER + "\n".join(lines) + "\n")
+    (path or MANIFEST).write_text(HEADER + "\n".join(lines) + "\n")
 
 
 def problems(report: dict[str, Any], required: dict[str, list[str]]) -> list[str]:
