@@ -65,7 +65,7 @@ def test_a_complete_run_passes() -> None:
 ])
 def test_each_gap_is_named(change: dict[str, Any], said: str) -> None:
     found = required_tests.problems(report(**change), REQUIRED)
-    assert said in found
+    assert said in found and len(found) >= 2
     if "not in tests/required.txt" in said:
         assert any("required_tests.py update" in line for line in found)
 
