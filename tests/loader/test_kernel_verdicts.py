@@ -292,3 +292,52 @@ def test_every_kind_of_message_as_the_kernel_says_it(system, tmp_path: Path,
     assert _kernel_lines(boot.dmesg) == list(dict.fromkeys(model_lines))
     assert [model_ok[k] for k in ("vermagic", "common", "forced", "exporter", "duplicate")] \
         == [False, False, True, True, False]
+
+
+@pytest.mark.corpus
+@pytest.mark.qemu
+@pytest.mark.parametrize("kernel", ["sid-cloud-amd64"])   # 7.x exports to named modules
+def test_module_namespace_as_the_kernel_says_it(system, tmp_path: Path, kernel: str) -> None:
+    """An export to named modules only (namespace ``module:NAME``, EXPORT_SYMBOL_FOR_MODULES):
+    the module named loads, the same module under another name is refused, by the model
+    and by the kernel, with the same lines."""
+    if reason := missing_tools():
+        skip_or_fail(reason)
+    s = system(kernel, "vmlinuz")
+    deps = dependency_map(s.modules, s.kernel)
+    names = {m.name for m in s.modules}
+    moddir = s.tree.moddir if s.tree else Path()
+    for_modules = {e.namespace for e in s.kernel.exports if e.namespace.startswith("module:")}
+    named = next((m for m in sorted(s.modules, key=lambda m: m.name)
+                  if f"module:{m.name}" in for_modules and not deps[m.name]
+                  and m.path.startswith(SAFE)), None)
+    if named is None:
+        skip_or_fail("no safe module that vmlinux exports to by name")
+    ns = f"module:{named.name}"
+    other = next(named.name[:-1] + c for c in "xyz" if named.name[:-1] + c not in names)
+    data = mutate.unsigned(decompress_file(str(moddir / named.path)))
+    wanted = {i.name for i in named.imports
+              if any(e.name == i.name and e.namespace == ns for e in s.kernel.exports)}
+    steps = [(f"as {other}", mutate.rename(data, named.name, other), wanted),
+             (f"as {named.name}", data, set())]
+    files = []
+    loader = Loader(s.kernel)
+    model_ok: dict[str, bool] = {}
+    model_lines: list[str] = []
+    for i, (label, body, unknown) in enumerate(steps):
+        f = tmp_path / f"{i:03}.ko"
+        f.write_bytes(body)
+        files.append(f)
+        r = loader.load(parse_module(body, str(f), named.path))
+        model_ok[label] = r.ok
+        model_lines += [x.text for x in r.messages if MODELLED.search(x.text)]
+        assert {x.symbol for x in r.failures if x.kind == "namespace"} == unknown, label
+    assert wanted and model_ok == {f"as {other}": False, f"as {named.name}": True}
+    assert any(f"from namespace {ns}, but does not import it." in x for x in model_lines)
+    assert s.tree is not None and s.tree.vmlinuz is not None
+    boot = boot_and_insmod(s.tree.vmlinuz, files)
+    for line in _kernel_lines(boot.dmesg):
+        print(f"  {line}")
+    assert {label: v.status == 0 for (label, *_), v in zip(steps, boot.verdicts, strict=True)} \
+        == model_ok
+    assert _kernel_lines(boot.dmesg) == list(dict.fromkeys(model_lines))
