@@ -104,3 +104,15 @@ def rename(data: bytes, old: str, new: str) -> bytes:
     i = data.find(old.encode() + b"\0", off, off + size)
     assert i >= 0, f"{old} not in struct module"
     return data[:i] + new.encode() + data[i + len(old):]
+
+
+def hide_version(data: bytes, symbol: str) -> bytes:
+    """Rename *symbol*'s entry in __versions (first letter to 'X'): the module then has no
+    version for it."""
+    off, size = _section(data, "__versions")
+    word = ElfFile(data).layout.word.size
+    for e in range(off, off + size, MODULE_NAME_LEN):
+        name = data[e + word:e + MODULE_NAME_LEN].split(b"\0")[0]
+        if name == symbol.encode():
+            return data[:e + word] + b"X" + data[e + word + 1:]
+    raise AssertionError(f"{symbol} not in __versions")

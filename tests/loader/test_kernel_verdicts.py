@@ -29,7 +29,7 @@ SAFE = ("kernel/fs/", "kernel/lib/", "kernel/crypto/", "kernel/net/")
 # what the model speaks of (the kernel also logs signature taints and driver chatter)
 MODELLED = re.compile(r"Unknown symbol|disagrees about version|from namespace|taints kernel|"
                       r"exports duplicate|please compile|kernel tainted\.|proprietary module|"
-                      r"version magic")
+                      r"version magic|no symbol version")
 
 
 @dataclass
@@ -184,7 +184,8 @@ SAYS = {"vermagic": "version magic", "common": "please compile with -fno-common"
         "forced": "bad vermagic: kernel tainted.", "exporter": None,
         "duplicate": "exports duplicate symbol", "owner Pro": "module license 'Pro' taints",
         "user inherits": "inheriting taint",
-        "user of GPL-only": "module using GPL-only symbols uses symbols"}
+        "user of GPL-only": "module using GPL-only symbols uses symbols",
+        "no version": "no symbol version for", "no version again": "no symbol version for"}
 
 
 def _more_plan(s: System) -> Plan:
@@ -251,6 +252,17 @@ def _more_plan(s: System) -> Plan:
         steps.append(("user inherits", by_kind[True], u(raw(by_kind[True])), None))
     if False in by_kind:
         steps.append(("user of GPL-only", by_kind[False], u(raw(by_kind[False])), None))
+    if s.kernel.modversions:
+        # modules without the version of one symbol, then of two: each is a refusal
+        taken = {m.name for _, m, _, _ in steps}
+        for n, (label, m) in enumerate(zip(
+                ("no version", "no version again"),
+                [m for m in rest[1:] if m.name not in taken and m.has_versions
+                 and sum(i.name in vml for i in m.imports) >= 2], strict=False)):
+            data = raw(m)
+            for sym in [i.name for i in m.imports if i.name in vml][:n + 1]:
+                data = mutate.hide_version(data, sym)
+            steps.append((label, m, u(data), None))
     return steps
 
 
