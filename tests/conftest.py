@@ -6,9 +6,10 @@ import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,17 @@ def corpus_module() -> ModuleType:
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # its dataclasses look their module up when made
         spec.loader.exec_module(module)
+        fetch, kmod_sid = module.fetch, module.kmod_sid
+
+        def guarded_fetch(name: str) -> tuple[Path, str]:
+            require_mark("corpus", f"the corpus kernel {name}")
+            return fetch(name)
+
+        def guarded_kmod_sid() -> Path:
+            require_mark("corpus", "sid's kmod")
+            return kmod_sid()
+
+        module.fetch, module.kmod_sid = guarded_fetch, guarded_kmod_sid
         _CORPUS_MODULE.append(module)
     return _CORPUS_MODULE[0]
 
@@ -79,6 +91,23 @@ def require_tools(*tools: str) -> None:
         skip_or_fail(f"missing tools: {', '.join(missing)}")
 
 
+def kmod_major(tool: str) -> int:
+    """The major version of the kmod behind *tool* (a path or a name on PATH), from its
+    ``--version`` line ``kmod version 30``."""
+    out = subprocess.run([tool, "--version"], capture_output=True, text=True)
+    first = out.stdout.splitlines()[0] if out.stdout else ""
+    assert out.returncode == 0 and first.startswith("kmod version "), \
+        f"{tool} --version: {out.stdout!r} {out.stderr!r}"
+    return int(first.removeprefix("kmod version ").split(".")[0])
+
+
+def require_kmod30() -> None:
+    """The oracle on PATH is Debian 12's kmod 30, as the README's claims say."""
+    require_tools("depmod", "modprobe")
+    for tool in ("depmod", "modprobe"):
+        assert kmod_major(tool) == 30, f"{tool} on PATH is not kmod 30"
+
+
 def skip_or_fail(msg: str) -> None:
     """Skip on a developer's machine; fail where real-kernel tests are required."""
     if REQUIRED:
@@ -86,26 +115,93 @@ def skip_or_fail(msg: str) -> None:
     pytest.skip(msg)
 
 
-_RAN: dict[str, int] = {"corpus": 0, "qemu": 0, "skipped": 0, "passed": 0}
+# What .ci/run checks (scripts/required_tests.py): every test marked with one of MARKS
+# that was collected (before -k, -m and --deselect take any away), what became of every
+# test, what was deselected, modules whose collection was skipped or failed, and which C
+# extensions import.
+MARKS = ("corpus", "qemu")
+EXTENSIONS = ("fastlkm.lookup._native", "fastlkm.kernel._scan", "fastlkm.outputs._kmod_index")
+_REPORT: dict[str, Any] = {"counts": {"corpus": 0, "qemu": 0, "skipped": 0, "passed": 0},
+                           "marked": {}, "outcomes": {}, "deselected": [],
+                           "collection": {}, "extensions": {}}
+_CURRENT: list[pytest.Item] = []
+
+
+def require_mark(mark: str, what: str) -> None:
+    """Fail the running test if it reaches *what* without being marked *mark*: the list of
+    tests CI requires (tests/required.txt) is made from the marks."""
+    if _CURRENT and _CURRENT[-1].get_closest_marker(mark) is None:
+        pytest.fail(f"{_CURRENT[-1].nodeid} uses {what} but is not marked "
+                    f"@pytest.mark.{mark}", pytrace=False)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    for name in EXTENSIONS:
+        try:
+            importlib.import_module(name)
+            _REPORT["extensions"][name] = True
+        except ImportError:
+            _REPORT["extensions"][name] = False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Record every marked test before anything is deselected."""
+    for item in items:
+        marks = [m for m in MARKS if item.get_closest_marker(m) is not None]
+        if marks:
+            _REPORT["marked"][item.nodeid] = marks
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _REPORT["deselected"].extend(item.nodeid for item in items)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped or report.failed:
+        _REPORT["collection"][report.nodeid] = (
+            f"{report.outcome}: {str(report.longrepr)[-300:]}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[object]:
+    _CURRENT.append(item)
+    try:
+        return (yield)
+    finally:
+        _CURRENT.pop()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test that takes a real kernel must say so with the corpus mark."""
+    uses = sorted({"corpus", "system"} & set(getattr(item, "fixturenames", ())))
+    if uses and item.get_closest_marker("corpus") is None:
+        pytest.fail(f"{item.nodeid} takes the fixture {uses[0]} but is not marked "
+                    "@pytest.mark.corpus", pytrace=False)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    counts, outcomes = _REPORT["counts"], _REPORT["outcomes"]
     if report.skipped:
-        _RAN["skipped"] += 1
-    elif report.when == "call" and report.passed:
-        _RAN["passed"] += 1
-        for mark in ("corpus", "qemu"):
+        counts["skipped"] += 1
+        outcomes[report.nodeid] = "skipped"
+    elif report.failed:
+        outcomes[report.nodeid] = "failed"
+    elif report.when == "call":
+        counts["passed"] += 1
+        outcomes.setdefault(report.nodeid, "passed")
+        for mark in MARKS:
             if mark in report.keywords:
-                _RAN[mark] += 1
+                counts[mark] += 1
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Where .ci/run asks for it, record how many real-kernel tests passed."""
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Where .ci/run asks for it, write what ran (scripts/required_tests.py reads it)."""
     out = os.environ.get("FASTLKM_TEST_REPORT")
     if out:
         import json
 
-        Path(out).write_text(json.dumps(_RAN))
+        Path(out).write_text(json.dumps({**_REPORT, "exitstatus": int(exitstatus)}))
 
 
 @pytest.fixture(autouse=True)

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import zstandard
 
+from tests.conftest import require_mark
+
 QEMU = "qemu-system-x86_64"
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
 CMDLINE = "console=ttyS0 panic=-1 quiet loglevel=3"
@@ -234,6 +236,7 @@ def boot_and_insmod(vmlinuz: Path, modules: Sequence[Path], *, timeout: float = 
     Raises QemuTimeout if the guest is still running after *timeout* seconds and
     QemuError if it stopped without reporting every result.
     """
+    require_mark("qemu", "QEMU")
     with tempfile.TemporaryDirectory(prefix="fastlkm-qemu-") as tmp:
         initrd = Path(tmp) / "initrd.gz"
         results = Path(tmp) / "results.txt"

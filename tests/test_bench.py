@@ -75,3 +75,26 @@ def test_bench_on_embedded_tables(corpus, tmp_path: Path,
     a, b = runs[0]["strategies"][0], runs[1]["strategies"][0]
     assert "embedded" in runs[1]["scenario"] and runs[0]["modules_loaded"] >= 4
     assert a["counters"] == b["counters"] and a["memory"] == b["memory"]
+
+
+def test_unload_adds_removals_and_the_report_counts_upkeep(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--unload ends the session by unloading every module, last first: the same lookups
+    are found; with the native engine each strategy reports its index upkeep, and the
+    all-in cost per load is lookups plus upkeep over the modules loaded."""
+    out = tmp_path / "b.json"
+    assert main(["bench", str(shipped_snapshot()), "--strategies", "gnu", "global",
+                 "--repeats", "1", "--unload", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "then every module unloaded" in text and "index upkeep ms" in text
+    doc = json.loads(out.read_text())
+    plain = run_bench(open_system(str(shipped_snapshot())), "boot", ["gnu"], repeats=0,
+                      use_native=False)
+    assert doc["modules_loaded"] == plain.modules_loaded
+    for s in doc["strategies"]:
+        assert s["counters"]["found"] == plain.strategies[0].counters["found"]
+        if native.available():
+            assert s["ns_update"] is not None and s["ns_all"] == s["ns_total"] + s["ns_update"]
+            assert s["ns_per_load"] == s["ns_all"] / doc["modules_loaded"]
+        else:
+            assert s["ns_update"] is None and s["ns_per_load"] is None

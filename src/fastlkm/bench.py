@@ -9,6 +9,7 @@ engine (counts only; timings absent).
 from __future__ import annotations
 
 import platform
+import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -19,7 +20,7 @@ from fastlkm.kernel.facts import Module
 from fastlkm.loader.scenario import Scenario, record
 from fastlkm.lookup import native
 from fastlkm.lookup.base import Table
-from fastlkm.lookup.replay import LOOKUP, replay
+from fastlkm.lookup.replay import LOAD, LOOKUP, UNLOAD, Event, replay
 from fastlkm.lookup.strategies import STRATEGIES, Strategy, TableIndex
 from fastlkm.target import System
 
@@ -45,6 +46,10 @@ class StrategyResult:
     ns_per_lookup: float | None = None
     ns_total: int | None = None
     ns_runs: list[int] = field(default_factory=list)
+    # keeping the index, median of the repeats: inserts on load, removal on unload (and
+    # global's vmlinux inserts at boot); with the lookups, what the session's loads cost
+    ns_update: int | None = None
+    ns_per_load: float | None = None     # (ns_total + ns_update) / modules loaded
     sampled: int = 1                 # counts are from every sampled-th lookup, scaled
     vs_linear: float | None = None   # speed-up factor against linear (time)
     vs_bsearch: float | None = None
@@ -53,6 +58,13 @@ class StrategyResult:
     @property
     def reduction_vs_linear(self) -> float | None:
         return None if self.vs_linear is None else 1 - 1 / self.vs_linear
+
+    @property
+    def ns_all(self) -> int | None:
+        """Lookups plus keeping the index, the whole session."""
+        if self.ns_total is None or self.ns_update is None:
+            return None
+        return self.ns_total + self.ns_update
 
 
 @dataclass
@@ -74,6 +86,7 @@ class BenchResult:
         d = asdict(self)
         for s, r in zip(d["strategies"], self.strategies, strict=True):  # type: ignore[arg-type]
             s["reduction_vs_linear"] = r.reduction_vs_linear
+            s["ns_all"] = r.ns_all
         return d
 
 
@@ -170,7 +183,10 @@ def _embedded(st: Strategy) -> Strategy:
 
 def run_bench(system: System, scenario: str = "boot", strategies: list[str] | None = None,
               repeats: int = 5, use_native: bool = True, embedded: bool = False,
-              progress: Callable[[str], None] | None = None) -> BenchResult:
+              progress: Callable[[str], None] | None = None,
+              unload: bool = False) -> BenchResult:
+    """*unload*: after the session, every module loaded is unloaded, last first (what
+    rmmod does to the index), so that keeping the index includes removals."""
     names = strategies or list(STRATEGIES)
     unknown = [n for n in names if n not in STRATEGIES]
     if unknown:
@@ -181,7 +197,16 @@ def run_bench(system: System, scenario: str = "boot", strategies: list[str] | No
         use_embedded(system, sc)
         label += ", tables read from the modules' embedded sections"
     lookups = [e for e in sc.events if e.op == LOOKUP]
-    loaded = sorted({e.owner for e in sc.events if e.op == 1})
+    loaded = sorted({e.owner for e in sc.events if e.op == LOAD})
+    if unload:
+        live: dict[int, None] = {}
+        for e in sc.events:
+            if e.op == LOAD:
+                live[e.owner] = None
+            elif e.op == UNLOAD:
+                live.pop(e.owner, None)
+        sc.events.extend(Event(UNLOAD, owner=o) for o in reversed(live))
+        label += ", then every module unloaded, last first"
     tables = sc.vmlinux + [t for o in loaded for t in sc.modules[o]]
     exports = sum(len(t.names) for t in tables)
     own = sum(t.own_size() for t in tables)
@@ -202,6 +227,8 @@ def run_bench(system: System, scenario: str = "boot", strategies: list[str] | No
             counters, memory, sampled = run.counters.as_dict(), run.memory, 1
             ns_total, ns_runs = run.ns_total, run.ns_runs
             ns_per = run.ns_per_lookup
+            ns_update: int | None = int(statistics.median(run.ns_update)) \
+                if run.ns_update else None
         else:
             sample = _py_sample(name, len(lookups), len(tables))
             rep = replay(st, sc.vmlinux, sc.modules, sc.events, sample=sample)
@@ -209,12 +236,16 @@ def run_bench(system: System, scenario: str = "boot", strategies: list[str] | No
             counters = {k: v * sample if k != "lookups" else len(lookups)
                         for k, v in rep.counters.as_dict().items()}
             memory, sampled, ns_total, ns_runs, ns_per = rep.memory, sample, None, [], None
+            ns_update = None
         results.append(StrategyResult(
             name, st.description, len(lookups), counters, memory,
             memory_per_export=memory / exports if exports else 0.0,
             memory_pct=100.0 * memory / own if own else 0.0,
             undef_hash=4 * len(lookups) if st.hash is not None else 0,
             ns_per_lookup=ns_per, ns_total=ns_total, ns_runs=ns_runs, sampled=sampled,
+            ns_update=ns_update,
+            ns_per_load=(ns_total + ns_update) / len(loaded)
+            if ns_total is not None and ns_update is not None and loaded else None,
             claim=CLAIMS.get(name, "")))
     by = {r.name: r for r in results}
     for r in results:

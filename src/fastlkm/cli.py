@@ -299,7 +299,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
             progress(f"recording scenario {scenario}")
             results.append(run_bench(system, scenario, strategies, repeats=a.repeats,
                                      use_native=not a.python, embedded=a.embedded,
-                                     progress=progress))
+                                     progress=progress, unload=a.unload))
     finally:
         if status is not None:
             status.stop()
@@ -487,6 +487,9 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     b.add_argument("--embedded", action="store_true",
                    help="a tree processed by fastlkm hash: read the modules' tables from "
                         "their embedded sections (give the --strategies of its style)")
+    b.add_argument("--unload", action="store_true",
+                   help="then unload every module, last first: the index upkeep includes "
+                        "removals")
     common(b)
     b.set_defaults(func=cmd_bench)
 

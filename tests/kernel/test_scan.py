@@ -17,15 +17,18 @@ from fastlkm.kernel import scan as scan_mod
 from fastlkm.kernel.modfiles import module_files
 from fastlkm.kernel.module import parse_module
 from fastlkm.kernel.scan import DepmodModule, from_module, scan_files
-from tests.conftest import KERNELS
+from tests.conftest import KERNELS, skip_or_fail
 from tests.elf.test_reader import SMALL, mutated
 from tests.kernel.test_ksymtab import EXPORTS, MACHINES, build_module
 
 native = scan_mod._native
-if native is None:
-    if os.environ.get("CI"):
-        pytest.fail("fastlkm.kernel._scan was not built", pytrace=False)
-    pytest.skip("fastlkm.kernel._scan was not built", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _native_built() -> None:
+    """Each test here needs the C scanner: skipped without it, failed where required."""
+    if native is None:
+        skip_or_fail("fastlkm.kernel._scan was not built")
 
 
 def comparable(d: DepmodModule) -> DepmodModule:
@@ -44,6 +47,7 @@ def check_same(data: bytes, shown: str = "m.ko") -> None:
     assert comparable(DepmodModule(shown, *got)) == comparable(reference(data, shown))
 
 
+@pytest.mark.corpus
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_every_module_of_a_real_tree(corpus: Callable[[str], tuple[Path, str]],
                                      kernel: str) -> None:

@@ -57,3 +57,62 @@ def alter_crc(data: bytes, symbol: str) -> bytes:
 
 def unsigned(data: bytes) -> bytes:
     return qemu.strip_signature(data)
+
+
+def alter_vermagic(data: bytes) -> bytes:
+    """Change a flag of the vermagic string (``mod_unload`` -> ``mod_unlXad``): past the
+    release, so that kernels with MODVERSIONS compare it too (same_magic())."""
+    off, size = _section(data, ".modinfo")
+    for s in data[off:off + size].split(b"\0"):
+        if s.startswith(b"vermagic=") and b"mod_unload" in s:
+            old = s.decode()
+            return replace_modinfo(data, old, old.replace("mod_unload", "mod_unlXad"))
+    raise AssertionError("no vermagic with mod_unload in .modinfo")
+
+
+def drop_vermagic(data: bytes) -> bytes:
+    """Hide the vermagic (as modprobe --force-vermagic does): the kernel forces the load."""
+    off, size = _section(data, ".modinfo")
+    for s in data[off:off + size].split(b"\0"):
+        if s.startswith(b"vermagic="):
+            old = s.decode()
+            return replace_modinfo(data, old, "vermagiX" + old[8:])
+    raise AssertionError("no vermagic in .modinfo")
+
+
+def make_common(data: bytes) -> bytes:
+    """Turn the first named data object of the symbol table into a common symbol
+    (st_shndx = SHN_COMMON), as a module built with -fcommon has."""
+    elf = ElfFile(data)
+    sec = elf.section(".symtab")
+    assert sec is not None
+    at = 6 if sec.entsize == 24 else 14   # st_shndx in Elf64_Sym / Elf32_Sym
+    order = "little" if elf.little else "big"
+    for s in elf.symbols:
+        if s.name and s.type == 1 and 0 < s.shndx < 0xFF00:   # STT_OBJECT, a real section
+            pos = sec.offset + s.index * sec.entsize + at
+            return data[:pos] + (0xFFF2).to_bytes(2, order) + data[pos + 2:]
+    raise AssertionError("no data object in .symtab")
+
+
+def rename(data: bytes, old: str, new: str) -> bytes:
+    """Another module name of the same length, in .modinfo's name= and in struct module
+    (.gnu.linkonce.this_module), where the kernel reads it."""
+    assert len(old) == len(new)
+    data = replace_modinfo(data, f"name={old}", f"name={new}")
+    off, size = _section(data, ".gnu.linkonce.this_module")
+    i = data.find(old.encode() + b"\0", off, off + size)
+    assert i >= 0, f"{old} not in struct module"
+    return data[:i] + new.encode() + data[i + len(old):]
+
+
+def hide_version(data: bytes, symbol: str) -> bytes:
+    """Rename *symbol*'s entry in __versions (first letter to 'X'): the module then has no
+    version for it."""
+    off, size = _section(data, "__versions")
+    word = ElfFile(data).layout.word.size
+    for e in range(off, off + size, MODULE_NAME_LEN):
+        name = data[e + word:e + MODULE_NAME_LEN].split(b"\0")[0]
+        if name == symbol.encode():
+            return data[:e + word] + b"X" + data[e + word + 1:]
+    raise AssertionError(f"{symbol} not in __versions")

@@ -1,5 +1,6 @@
 """Writers never lose data: a depmod killed (SIGKILL) at random moments while it writes
-leaves every output file either the complete old or the complete new version."""
+leaves every output file either the complete old or the complete new version, and at
+least one of the kills is shown to have interrupted the writing."""
 
 from __future__ import annotations
 
@@ -33,24 +34,45 @@ def test_depmod_killed_mid_write(corpus, tmp_path: Path) -> None:
     subprocess.run([*base, "-o", str(new_dir)], check=True, env=env)
     new = {p.name: p.read_bytes() for p in new_dir.iterdir()}
     assert any(old[n] != new[n] for n in old)
-    # time a whole run, then kill runs at random points within it
-    t = time.monotonic()
-    subprocess.run(cmd, check=True, env=env)
-    span = time.monotonic() - t
-    subprocess.run([*cmd, "--kmod-compat=30"], check=True, env=env)   # back to old
-    rng = random.Random(7)
-    for _ in range(12):
+    # kill runs at random points of their writing, which starts when the first temporary
+    # file appears (atomic_write's ".NAME.XXXXXXXX.tmp"): the first run, left to finish,
+    # measures how long writing takes
+    def started() -> tuple[subprocess.Popen[bytes], float]:
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.5, 1.0) * span)
+        while p.poll() is None and not any(n.endswith(".tmp") for n in os.listdir(out)):
+            time.sleep(0.0002)
+        return p, time.monotonic()
+
+    p, t = started()
+    assert p.wait() == 0
+    window = time.monotonic() - t
+    rng = random.Random(7)
+    interrupted = 0   # kills that left writing half done: proof that one landed mid-write
+    for _ in range(16):
+        _restore(out, old)
+        p, _ = started()
+        time.sleep(rng.uniform(0, window))
         p.send_signal(signal.SIGKILL)
         p.wait()
-        for f in out.iterdir():
-            if f.name.endswith(".tmp") or f.name.startswith("."):
-                f.unlink()   # a leftover temporary file: never one of the outputs
-                continue
-            data = f.read_bytes()
-            assert data in (old.get(f.name), new.get(f.name)), f.name
+        left = [f for f in out.iterdir() if f.name.endswith(".tmp")]
+        whole = {f.name: f.read_bytes() for f in out.iterdir() if f not in left}
+        for name, data in whole.items():
+            assert data in (old.get(name), new.get(name)), name
+        changed = [n for n in new if old.get(n) != new[n]]
+        renamed = sum(whole.get(n) == new[n] for n in changed)
+        if p.returncode == -signal.SIGKILL and (left or 0 < renamed < len(changed)):
+            interrupted += 1
+    assert interrupted > 0, "no kill landed while the outputs were being written"
+
+
+def _restore(out: Path, files: dict[str, bytes]) -> None:
+    """*out* holding exactly *files*."""
+    for f in out.iterdir():
+        if f.name not in files:
+            f.unlink()
+    for name, data in files.items():
+        (out / name).write_bytes(data)
 
 
 # --- fastlkm hash rewriting a tree in place -------------------------------------------------

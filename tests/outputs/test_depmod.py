@@ -20,7 +20,7 @@ from fastlkm.outputs.depmod import (
     modules_symbols,
     uncompressed_relpath,
 )
-from tests.conftest import KERNELS, corpus_module, require_tools
+from tests.conftest import KERNELS, corpus_module, require_kmod30
 
 DEPMOD_FILES = ("modules.dep", "modules.symbols")
 
@@ -88,7 +88,7 @@ def _shadow_root(root: Path, release: str, dest: Path) -> Path:
 def kmod_outputs(corpus: Callable[[str], tuple[Path, str]],
                  tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, str]]:
     """kmod's depmod run on a shadow of each corpus tree: (its modules dir, release)."""
-    require_tools("depmod")
+    require_kmod30()
     done: dict[str, tuple[Path, str]] = {}
 
     def get(name: str) -> tuple[Path, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from fastlkm.errors import CycleError
 from fastlkm.kernel.facts import Export, Import, Module
 from fastlkm.outputs import depmod
 from fastlkm.outputs.depmod import build
-from tests.conftest import require_tools
+from tests.conftest import require_kmod30
 from tests.elf.elfbuild import (
     EM_X86_64,
     SHF_ALLOC,
@@ -128,12 +129,13 @@ FIXED = {
 }
 
 
+@pytest.mark.corpus   # sid's kmod, fetched by scripts/corpus.py
 @pytest.mark.parametrize("name", list(FIXED))
 def test_cycles_as_kmod_reports_them(name: str, tmp_path: Path, kmod34: Path,  # noqa: F811
                                      capsys: pytest.CaptureFixture[str]) -> None:
     """Same ERROR lines in the same order, status 1, and no output file, as kmod 30 and
     kmod 34 on the same tree."""
-    require_tools("depmod")
+    require_kmod30()
     graph, order = FIXED[name]
     moddir = make_tree(tmp_path, graph, order)
     for tool in ("depmod", str(kmod34 / "depmod")):
@@ -145,14 +147,16 @@ def test_cycles_as_kmod_reports_them(name: str, tmp_path: Path, kmod34: Path,  #
             "depmod: ERROR: Found 2 modules in dependency cycles!"]
 
 
+@pytest.mark.corpus
 def test_random_graphs_as_kmod(tmp_path: Path, kmod34: Path,  # noqa: F811
                                capsys: pytest.CaptureFixture[str]) -> None:
-    """60 random import graphs of 2 to 7 modules, with and without modules.order: wherever
-    kmod 30 finishes normally, fastlkm prints the same lines and status (the order of the
-    roots follows kmod's list quirks, the walk its stack); where kmod aborts (the assert on
-    its stack in depmod_report_cycles_from_root()) or spins, fastlkm still finishes, exits
-    1, writes nothing and names every module of every cycle."""
-    require_tools("depmod")
+    """60 random import graphs of 2 to 7 modules, with and without modules.order: fastlkm
+    always agrees with the graph itself (a cycle: status 1, nothing written, every module
+    of every cycle named and counted; none: status 0 and the files written), and wherever
+    kmod 30 finishes normally it prints the same lines and status (the order of the roots
+    follows kmod's list quirks, the walk its stack); where kmod aborts (the assert on its
+    stack in depmod_report_cycles_from_root()) or spins, fastlkm still finishes."""
+    require_kmod30()
     same = 0
     for seed in range(60):
         root = tmp_path / str(seed)
@@ -161,17 +165,35 @@ def test_random_graphs_as_kmod(tmp_path: Path, kmod34: Path,  # noqa: F811
         kmod = run_kmod("depmod", root)
         assert run_kmod(str(kmod34 / "depmod"), root) == kmod, seed   # 30 and 34 agree
         ours = run_ours(root, capsys)
-        assert (_written(moddir) == []) == (ours[0] == 1), seed   # a cycle: nothing written
+        cyclic = _in_cycles(graph)
+        assert ours[0] == (1 if cyclic else 0), (seed, graph)
+        assert (_written(moddir) == []) == bool(cyclic), seed   # a cycle: nothing written
+        if cyclic:
+            _check_against_graph(ours[1], graph, cyclic, seed)
+        else:
+            assert ours[1] == [], seed
         if kmod is not None and kmod[0] in (0, 1):
+            assert kmod[0] == (1 if cyclic else 0), seed   # the oracle sees the graph too
             assert ours == kmod, (seed, graph, order)
             same += 1
-            continue
-        if ours[0] == 0:
-            continue   # kmod crashed on a tree without cycles? never seen; nothing to say
-        assert ours[0] == 1 and ours[1][-1].endswith("modules in dependency cycles!")
-        named = {n for line in ours[1] for n in line.replace("->", " ").split()}
-        assert _in_cycles(graph) <= named, seed
     assert same >= 30
+
+
+def _check_against_graph(lines: list[str], graph: Graph, cyclic: set[str], seed: int) -> None:
+    """Every cycle line is a real cycle of *graph* (each step an import), every module of
+    every cycle is named, and the count is of modules in cycles.  (A line naming one
+    module alone is kmod's way of naming a root it reached again; it counts none.)"""
+    walks = [line.removeprefix("depmod: ERROR: Cycle detected: ").split(" -> ")
+             for line in lines[:-1]]
+    for w in walks:
+        assert set(w) <= set(graph), (seed, w)
+        if len(w) > 1:
+            assert w[0] == w[-1] and all(b in graph[a] for a, b in pairwise(w)), (seed, w)
+    assert cyclic <= {n for w in walks for n in w}, seed
+    counted = int(lines[-1].removeprefix("depmod: ERROR: Found ").split()[0])
+    assert lines[-1] == f"depmod: ERROR: Found {counted} modules in dependency cycles!"
+    assert {n for w in walks if len(w) > 1 for n in w} <= cyclic, seed
+    assert 0 < counted <= len(cyclic), seed
 
 
 def _in_cycles(graph: Graph) -> set[str]:
@@ -188,11 +210,12 @@ def _in_cycles(graph: Graph) -> set[str]:
     return {a for a in graph if a in reach(a)}
 
 
+@pytest.mark.corpus
 def test_cycles_that_kmod_never_finishes(tmp_path: Path, kmod34: Path,  # noqa: F811
                                          capsys: pytest.CaptureFixture[str]) -> None:
     """Two cycles, one behind the other: kmod 30 and 34 walk the second from the first's
     root forever (this test gives them 3 s); fastlkm lists both and stops."""
-    require_tools("depmod")
+    require_kmod30()
     graph = {"a": ["b"], "b": ["a", "c"], "c": ["d"], "d": ["c"]}
     make_tree(tmp_path, graph)
     assert run_kmod("depmod", tmp_path) is None
@@ -202,6 +225,7 @@ def test_cycles_that_kmod_never_finishes(tmp_path: Path, kmod34: Path,  # noqa: 
     cycles = [line.removeprefix("depmod: ERROR: Cycle detected: ").split(" -> ")
               for line in lines[:-1]]
     assert sorted(sorted(set(c)) for c in cycles) == [["a", "b"], ["c", "d"]]
+    _check_against_graph(lines, graph, _in_cycles(graph), 0)
     assert all(c[0] == c[-1] and len(c) == 3 for c in cycles)
     assert lines[-1] == "depmod: ERROR: Found 4 modules in dependency cycles!"
 

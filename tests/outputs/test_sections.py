@@ -59,6 +59,8 @@ def test_round_trip(strategy: str, n: int, sort: bool, little: bool) -> None:
     assert lookups(back, t, strategy)[:n] == list(range(n))
     # the other byte order does not read as this one
     assert blob[:4] == b"FLKH"
+    with pytest.raises(FormatError):
+        decode(blob, not little)
 
 
 @pytest.mark.parametrize("strategy", ["sysv", "gnu", "bsearch"])

@@ -141,8 +141,12 @@ class Loader:
         self.loaded: dict[str, LoadedModule] = {}
         self._seq = 0
         self.tainted_proprietary = False
+        # since the load_module() split of 6.4 (module_augment_kernel_taints()) the
+        # proprietary taint is sampled before the license check, so the module that sets
+        # it also gets the older "module license taints kernel." line; seen under QEMU on
+        # Debian's 6.12 and 7.2, and not on 6.1 (tests/loader/test_kernel_verdicts.py)
+        self.license_taint_twice = _major_minor(kernel.release) >= (6, 4)
         self.tainted_forced = False
-        self._warned_once: set[tuple[str, str]] = set()
         self.search: SymbolSearch = search if search is not None else DictSearch(kernel)
 
     def find_symbol(self, name: str, gplok: bool) -> tuple[LoadedModule | None, Export] | None:
@@ -210,6 +214,9 @@ class Loader:
             if not self.tainted_proprietary:
                 res.messages.append(Message(f"{name}: module license '{lic}' taints kernel.",
                                             "license_taint", error=False))
+                if self.license_taint_twice:
+                    res.messages.append(Message(f"{name}: module license taints kernel.",
+                                                "license_taint", error=False))
             self.tainted_proprietary = True
         return proprietary
 
@@ -266,11 +273,11 @@ class Loader:
                 if self._taint_forced(mod.name, sym, res):
                     return -EINVAL
             elif crc is None:
-                key = (mod.name, "no symbol version")
-                if key not in self._warned_once:
-                    self._warned_once.add(key)
-                    res.messages.append(Message(f"{mod.name}: no symbol version for {sym}",
-                                                "version", sym, error=False))
+                # a refusal, for every such symbol: seen under QEMU on Debian's 6.1 and
+                # 6.12 (tests/loader/test_kernel_verdicts.py)
+                res.messages.append(Message(f"{mod.name}: no symbol version for {sym}",
+                                            "version", sym))
+                return -EINVAL
             elif crc != e.crc:
                 res.messages.append(Message(
                     f"{mod.name}: disagrees about version of symbol {sym}", "version", sym))
@@ -299,6 +306,15 @@ class Loader:
                     "duplicate", e.name))
                 return -ENOEXEC
         return 0
+
+
+def _major_minor(release: str) -> tuple[int, int]:
+    """(6, 12) of "6.12.117+deb12-amd64"; (0, 0) when the release says no version."""
+    parts = release.split(".", 2)
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1][:3] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return 0, 0
 
 
 def same_magic(amagic: str, bmagic: str, has_crcs: bool) -> bool:

@@ -24,19 +24,25 @@ def rows(b: BenchResult) -> list[list[str]]:
         c = r.counters
         ns = "-" if r.ns_per_lookup is None else f"{r.ns_per_lookup:,.1f}"
         total = "-" if r.ns_total is None else f"{r.ns_total / 1e6:,.2f}"
+        upkeep = "-" if r.ns_update is None else f"{r.ns_update / 1e6:,.2f}"
+        per_load = "-" if r.ns_per_load is None else f"{r.ns_per_load / 1e3:,.1f}"
         est = "~" if r.sampled > 1 else ""
         out.append([
             r.name, f"{r.lookups:,}", f"{est}{c['strcmp']:,}", f"{est}{c['bytes_compared']:,}",
             f"{c['hashes']:,}", f"{r.memory:,}", f"{r.undef_hash:,}", f"{r.memory_per_export:.2f}",
-            f"{r.memory_pct:.1f}%", ns, total, _pct_less(r.vs_linear), _x(r.vs_linear),
+            f"{r.memory_pct:.1f}%", ns, total, upkeep, per_load, _pct_less(r.vs_linear),
+            _x(r.vs_linear),
             _x(r.vs_bsearch), r.claim,
         ])
     return out
 
 
 HEADERS = ["strategy", "lookups", "strcmp", "bytes cmp", "hashes", "mem added B", "undef.hash B",
-           "B/export", "% of tables", "ns/lookup", "total ms", "less than linear",
-           "vs linear", "vs bsearch", "2009 claim"]
+           "B/export", "% of tables", "ns/lookup", "total ms", "index upkeep ms",
+           "us/load all-in", "less than linear", "vs linear", "vs bsearch", "2009 claim"]
+# left-aligned columns: the strategy and the claim; "index upkeep" is inserting on load
+# and removing on unload, "all-in" the lookups and the upkeep per module loaded
+_LEFT = (0, len(HEADERS) - 1)
 
 
 def header(b: BenchResult) -> list[str]:
@@ -63,7 +69,7 @@ def print_report(b: BenchResult, out: TextIO, rich: bool) -> None:
             console.print(line, highlight=False)
         t = Table(show_header=True, header_style="bold")
         for i, h in enumerate(HEADERS):
-            t.add_column(h, justify="left" if i in (0, 14) else "right")
+            t.add_column(h, justify="left" if i in _LEFT else "right")
         for r in rows(b):
             t.add_row(*r)
         console.print(t)
@@ -73,7 +79,7 @@ def print_report(b: BenchResult, out: TextIO, rich: bool) -> None:
     table = [HEADERS, *rows(b)]
     widths = [max(len(r[i]) for r in table) for i in range(len(HEADERS))]
     for r in table:
-        out.write("  ".join(c.ljust(w) if i in (0, 14) else c.rjust(w)
+        out.write("  ".join(c.ljust(w) if i in _LEFT else c.rjust(w)
                             for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
                   + "\n")
 
