@@ -34,11 +34,8 @@ from pathlib import Path
 
 import zstandard
 
+from fastlkm.kbuild.qemu import BUSYBOX, CMDLINE, QEMU, newc_archive
 from tests.conftest import require_mark
-
-QEMU = "qemu-system-x86_64"
-BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
-CMDLINE = "console=ttyS0 panic=-1 quiet loglevel=3"
 
 # include/linux/module_signature.h: the trailer of a signed module is
 # [signer][key id][signature][struct module_signature][magic], the struct being
@@ -96,28 +93,6 @@ def decompress_module(data: bytes) -> bytes:
     if data.startswith(b"\x1f\x8b"):
         return gzip.decompress(data)
     return data
-
-
-def newc_archive(entries: Sequence[tuple[str, int, bytes, int]]) -> bytes:
-    """A cpio archive in the "new ASCII" format the kernel unpacks (usr/gen_init_cpio.c).
-
-    Each entry is (name, mode with file type, contents, rdev as major << 8 | minor).
-    """
-    out = bytearray()
-
-    def add(name: str, mode: int, data: bytes, rdev: int, ino: int) -> None:
-        raw = name.encode() + b"\0"
-        fields = (ino, mode, 0, 0, 2 if mode & 0o040000 else 1, 0, len(data), 0, 0,
-                  rdev >> 8, rdev & 0xFF, len(raw), 0)
-        out.extend(b"070701" + b"".join(b"%08X" % f for f in fields) + raw)
-        out.extend(b"\0" * (-len(out) % 4))
-        out.extend(data)
-        out.extend(b"\0" * (-len(out) % 4))
-
-    for ino, (name, mode, data, rdev) in enumerate(entries, start=1):
-        add(name, mode, data, rdev, ino)
-    add("TRAILER!!!", 0, b"", 0, 0)
-    return bytes(out)
 
 
 # finit_module() with MODULE_INIT_COMPRESSED_FILE (include/uapi/linux/module.h): what
