@@ -89,7 +89,7 @@ def depmod_d(data: bytes) -> None:
     import tempfile
     from pathlib import Path
 
-    from fastlkm.kernel.depmod_d import load_config
+    from fastlkm.depmod.config import load_config
 
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "x.conf").write_bytes(data)
@@ -99,7 +99,7 @@ def depmod_d(data: bytes) -> None:
 
 def kmod_index(data: bytes) -> None:
     """The index reader on raw bytes, and a round trip of keys made from them."""
-    from fastlkm.outputs.kmod_index import Index, read_index
+    from fastlkm.depmod.kmod_index import Index, read_index
 
     with contextlib.suppress(FormatError):
         read_index(data, "fuzz")
@@ -119,7 +119,7 @@ def kmod_index(data: bytes) -> None:
 
 
 def sections(data: bytes) -> None:
-    from fastlkm.lookup.sections import decode
+    from fastlkm.embedded.codec import decode
 
     decode(data, True, "fuzz")
     decode(data, False, "fuzz")

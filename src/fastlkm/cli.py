@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from fastlkm import __version__
-from fastlkm.errors import CycleError, FastlkmError, UsageError
+from fastlkm.errors import FastlkmError, UsageError
 
-# the keys of fastlkm.lookup.sections.STORABLE (a test keeps them equal), named here so
+# the keys of fastlkm.embedded.codec.STORABLE (a test keeps them equal), named here so
 # that building the parser imports nothing
 HASH_STYLES = ("bsearch", "sysv", "sysv-djb", "gnu", "perfect")
 COMMANDS = ("resolve", "check", "depmod", "bench", "hash", "verify", "snapshot")
@@ -150,108 +149,11 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_depmod(a: argparse.Namespace) -> int:
-    import gc
+    from fastlkm.depmod.run import DepmodOptions, depmod
 
-    # a run allocates a few hundred thousand objects that live until it ends: the cyclic
-    # collector would only walk them again and again
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _depmod(a)
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _depmod(a: argparse.Namespace) -> int:
-    # what a warm run needs, and only that: the rest is imported once work is to be done
-    from fastlkm.io.cache import file_key, save_outputs
-    from fastlkm.kernel.depmod_d import load_config
-    from fastlkm.kernel.modfiles import depfile_up_to_date, module_files, release_dir
-    from fastlkm.outputs.write import write_outputs
-
-    moddir = release_dir(a.basedir, a.version)
-    if a.quick and moddir is not None and depfile_up_to_date(moddir):
-        return 0
-    config = load_config(moddir.name, a.config) if moddir is not None else None
-    skipped: list[FastlkmError] = []
-    files = module_files(moddir, config, skipped) if moddir is not None else None
-    keys = [file_key(p) for p, _ in files] if files is not None and not a.no_cache else None
-    warm = depmod_warm_outputs(moddir, config, a, files, keys) \
-        if keys is not None and not skipped else None
-    if warm is not None and warm[1] is not None and not a.show:
-        write_outputs(Path(a.output) if a.output else moddir, warm[1])  # type: ignore[arg-type]
-        return 0
-    from fastlkm.depmod_input import depmod_kernel_symbols, modules_for_depmod
-    from fastlkm.outputs.depmod import build, depmod_files
-
-    moddir, modules, order, errors = modules_for_depmod(a.basedir, a.version, jobs=a.jobs,
-                                                        config=config,
-                                                        use_cache=not a.no_cache,
-                                                        files=files, keys=keys)
-    errors = skipped + errors
-    _skipped(errors)
-    if a.errsyms and not (a.filesyms or a.symvers):
-        sys.stderr.write("depmod: WARNING: -e needs -E or -F\n")
-    kernel_syms = depmod_kernel_symbols(a.filesyms, a.symvers)
-    compat = a.kmod_compat is not None
-    version = int(a.kmod_compat) if compat else 34
-    report: list[str] | None = [] if a.errsyms and kernel_syms is not None else None
-    try:
-        dm = build(modules, order, kernel_exports=kernel_syms, kmod_compat=compat,
-                   report=report, check_symvers=a.symvers is not None,
-                   moddir=str(moddir) if moddir is not None else None)
-    except CycleError as e:
-        # as kmod's depmod: the cycles as errors, nothing written, status 1
-        for line in report or []:
-            sys.stderr.write(f"depmod: WARNING: {line}\n")
-        for line in e.lines:
-            sys.stderr.write(f"depmod: ERROR: {line}\n")
-        if not e.complete:
-            _note("too many cycles: the list above stops early; the count is every "
-                  "module in a cycle")
-        return EXIT_FAIL
-    for line in report or []:
-        sys.stderr.write(f"depmod: WARNING: {line}\n")
-
-    def read(name: str) -> bytes | None:
-        f = moddir / name if moddir is not None else None
-        return f.read_bytes() if f is not None and f.is_file() else None
-
-    files, warnings = depmod_files(dm, read("modules.builtin"),
-                                   read("modules.builtin.modinfo"), version)
-    for w in warnings:
-        sys.stderr.write(f"depmod: WARNING: {w}\n")
-    if a.show:
-        # depmod -n writes the text files to standard output (indexes are binary)
-        for name, data in files.items():
-            if not name.endswith(".bin"):
-                sys.stdout.buffer.write(data)
-        return EXIT_SKIPPED if errors else 0
-    out = Path(a.output) if a.output else moddir
-    if out is None:
-        raise UsageError("a snapshot has no modules directory: give --output DIR")
-    write_outputs(out, files)
-    if warm is not None and not errors and moddir is not None:
-        save_outputs(str(moddir.resolve()), warm[0], files)
-    return EXIT_SKIPPED if errors else 0
-
-
-def depmod_warm_outputs(moddir: Path | None, config: object, a: argparse.Namespace,
-                        files: list[tuple[str, str]], keys: list[tuple[int, ...] | None]
-                        ) -> tuple[bytes, dict[str, bytes] | None] | None:
-    """The key of this depmod run (every module file's key, the configuration, the
-    options, fastlkm's version) and the outputs a previous identical run wrote, if any."""
-    from fastlkm.io.cache import file_key, load_outputs, outputs_key
-
-    if moddir is None or a.errsyms or a.warn:
-        return None
-    inputs = [(p, shown, k) for (p, shown), k in zip(files, keys, strict=True)]
-    extra = [(n, file_key(str(moddir / n))) for n in
-             ("modules.order", "modules.builtin", "modules.builtin.modinfo")]
-    key = outputs_key([__version__, inputs, extra, repr(config), a.kmod_compat, a.filesyms,
-                       a.symvers])
-    return key, load_outputs(str(moddir.resolve()), key)
+    return depmod(DepmodOptions(a.basedir, a.version, a.output, a.show, a.quick, a.errsyms,
+                                a.filesyms, a.symvers, a.warn, a.config, a.kmod_compat,
+                                a.no_cache, a.jobs))
 
 
 # --- snapshot -------------------------------------------------------------------------
@@ -273,9 +175,9 @@ def cmd_snapshot(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from fastlkm.bench import run_bench
+    from fastlkm.bench.report import print_report, write_json
+    from fastlkm.bench.run import run_bench
     from fastlkm.lookup import native
-    from fastlkm.outputs.report import print_report, write_json
     from fastlkm.target import open_system
 
     tty = sys.stderr.isatty()
@@ -318,7 +220,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
                 json.dump([b.as_dict() for b in results], f, indent=1)
     if a.plot:
-        from fastlkm.outputs.plot import plot
+        from fastlkm.bench.plot import plot
 
         plot(results, a.plot)
     return 0
@@ -328,7 +230,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_hash(a: argparse.Namespace) -> int:
-    from fastlkm.outputs.postlink import HashOptions, hash_paths
+    from fastlkm.embedded.postprocess import HashOptions, hash_paths
 
     opts = HashOptions(a.style, a.sort, a.undef_hash, a.strip_signature, a.sign_key,
                        a.sign_cert, a.sign_hash)
@@ -350,7 +252,7 @@ def cmd_hash(a: argparse.Namespace) -> int:
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
-    from fastlkm.outputs.postlink import NOT_PROCESSED, verify_paths
+    from fastlkm.embedded.postprocess import NOT_PROCESSED, verify_paths
 
     checked, errors = verify_paths(a.paths, a.jobs)
     bad = todo = 0

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastlkm.depmod.modfiles import module_files, read_order
 from fastlkm.errors import FastlkmError, NotFoundError
 from fastlkm.kernel.facts import Kernel, Module
-from fastlkm.kernel.modfiles import MODULE_DIRS, module_files, read_order
+from fastlkm.kernel.modname import MODULE_DIRS
 from fastlkm.kernel.tree import (
     Tree,
     compare_exports,
@@ -29,7 +30,7 @@ SHIPPED_SNAPSHOT = "debian-6.12-amd64.snap"
 @dataclass
 class System:
     kernel: Kernel
-    modules: list[Module]            # in depmod's scan order
+    modules: list[Module]            # in the order depmod's walk finds them
     order: list[str]                 # modules.order
     origin: str                      # what was opened, for messages
     tree: Tree | None = None
@@ -105,7 +106,7 @@ def open_tree(tree: Tree, *, source: str | None = None, jobs: int | None = None,
     notes: list[str] = []
     kernel = load_kernel(tree, prefer=source, notes=notes)
     notes.append(f"kernel exports: {len(kernel.exports)} from {kernel.source}")
-    skipped: list[FastlkmError] = []   # what the scan could not take
+    skipped: list[FastlkmError] = []   # what the walk could not take
     modules, errors = read_module_files(module_files(tree.moddir, skipped=skipped),
                                         jobs=jobs, progress=progress)
     errors = skipped + errors

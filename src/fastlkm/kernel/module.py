@@ -16,8 +16,8 @@ from fastlkm.errors import FastlkmError
 from fastlkm.io.codecs import decompress_file
 from fastlkm.kernel.facts import Import, Module
 from fastlkm.kernel.ksymtab import kmod_symbols, read_exports
-from fastlkm.kernel.modfiles import modname
 from fastlkm.kernel.modinfo import read_modinfo
+from fastlkm.kernel.modname import modname
 from fastlkm.kernel.modversions import read_versions
 
 MODULE_SIG_STRING = b"~Module signature appended~\n"
