@@ -24,11 +24,11 @@ from fastlkm.embedded.codec import (
     STORABLE,
     encode_hashes,
     encode_index,
-    hash_id,
 )
 from fastlkm.embedded.read import UNDEF_HASH, htable_name, undefined_names
 from fastlkm.kernel.facts import Export
 from fastlkm.loader.scenario import export_tables
+from fastlkm.lookup.hashes import hash_id
 from fastlkm.lookup.strategies import Strategy
 
 

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from fastlkm.errors import FormatError
 from fastlkm.lookup.base import Table
-from fastlkm.lookup.hashes import djb_hash, elf_hash
+from fastlkm.lookup.hashes import HASH_DJB, HASH_ELF, HASH_FUNCTIONS, HASH_NONE
 from fastlkm.lookup.strategies import (
     STRATEGIES,
     BsearchIndex,
@@ -43,9 +42,6 @@ HEADER_SIZE = 16
 BSEARCH, SYSV, GNU, PERFECT, UNDEF = 1, 2, 3, 4, 5
 LAYOUT_NAMES = {BSEARCH: "bsearch", SYSV: "sysv", GNU: "gnu", PERFECT: "perfect",
                 UNDEF: "undef"}
-HASH_NONE, HASH_ELF, HASH_DJB = 0, 1, 2
-HASH_FUNCTIONS: dict[int, Callable[[bytes], int] | None] = {
-    HASH_NONE: None, HASH_ELF: elf_hash, HASH_DJB: djb_hash}
 EMPTY_SLOT = 0xFFFFFFFF        # a free slot of the perfect hash, in the arrays
 EMBEDDED = "embedded"          # Table.extra key of an index read from a section
 
@@ -57,13 +53,6 @@ STORABLE = {"bsearch": (BSEARCH, HASH_NONE), "sysv": (SYSV, HASH_ELF),
 
 def _header(little: bool) -> struct.Struct:
     return struct.Struct(("<" if little else ">") + "4sBBBBII")
-
-
-def hash_id(fn: Callable[[bytes], int] | None) -> int:
-    for k, f in HASH_FUNCTIONS.items():
-        if f is fn:
-            return k
-    raise ValueError(f"no stored id for hash function {fn!r}")
 
 
 # --- arrays <-> bytes -------------------------------------------------------------------

@@ -18,8 +18,6 @@ from fastlkm.elf.reader import ElfFile, Section
 from fastlkm.elf.structs import SHN_UNDEF
 from fastlkm.embedded.codec import (
     EMBEDDED,
-    HASH_FUNCTIONS,
-    HASH_NONE,
     UNDEF,
     Stored,
     decode,
@@ -30,6 +28,7 @@ from fastlkm.io.codecs import decompress_file
 from fastlkm.kernel.ksymtab import read_exports
 from fastlkm.loader.scenario import export_tables
 from fastlkm.lookup.base import Counters, Table
+from fastlkm.lookup.hashes import HASH_FUNCTIONS, HASH_NONE
 from fastlkm.lookup.strategies import TableIndex
 
 HTABLE = ".htable"            # suffix of the section indexing an export table
