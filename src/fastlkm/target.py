@@ -6,13 +6,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from fastlkm.depmod.modfiles import module_files, read_order
-from fastlkm.errors import FastlkmError, NotFoundError
+from fastlkm.errors import EXIT_SKIPPED, FastlkmError, NotFoundError, warn_skipped
 from fastlkm.kernel.facts import Kernel, Module
 from fastlkm.kernel.modname import MODULE_DIRS
 from fastlkm.kernel.tree import (
@@ -139,3 +141,18 @@ def compare_sources(tree: Tree, used: Kernel) -> list[str]:
 
 def to_snapshot(system: System) -> Snapshot:
     return Snapshot(system.kernel, system.modules, system.order)
+
+
+def save_snapshot(target: str | None, output: str, source: str | None = None,
+                  jobs: int | None = None, err: IO[str] | None = None) -> int:
+    """``fastlkm snapshot``: the facts of *target* stored in the file *output*; the skipped
+    files and a line of counts on *err*.  EXIT_SKIPPED when files were skipped."""
+    from fastlkm.snapshot import save
+
+    err = err if err is not None else sys.stderr
+    system = open_system(target, source=source, jobs=jobs)
+    warn_skipped(system.errors, err)
+    size = save(to_snapshot(system), output)
+    err.write(f"fastlkm: {output}: {len(system.modules)} modules, "
+              f"{len(system.kernel.exports)} kernel exports, {size} bytes\n")
+    return EXIT_SKIPPED if system.errors else 0

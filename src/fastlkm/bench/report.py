@@ -4,6 +4,8 @@ machines."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
@@ -81,3 +83,35 @@ def print_report(b: BenchResult, out: TextIO, rich: bool) -> None:
 def write_json(b: BenchResult, out: TextIO) -> None:
     json.dump(b.as_dict(), out, indent=1)
     out.write("\n")
+
+
+def write_results_json(results: list[BenchResult], out: TextIO) -> None:
+    """``--json``: one scenario's document, or a list of them."""
+    if len(results) == 1:
+        write_json(results[0], out)
+    else:
+        json.dump([b.as_dict() for b in results], out, indent=1)
+
+
+def print_reports(results: list[BenchResult], out: TextIO, rich: bool) -> None:
+    """Every scenario's report, a blank line between them."""
+    for i, b in enumerate(results):
+        if i:
+            out.write("\n")
+        print_report(b, out, rich)
+
+
+@contextmanager
+def progress_status(err: TextIO) -> Iterator[Callable[[str], None]]:
+    """A progress callback: a rich status line on a terminal, nothing elsewhere."""
+    if not err.isatty():
+        yield lambda msg: None
+        return
+    from rich.console import Console
+
+    status = Console(file=err).status("opening the kernel")
+    status.start()
+    try:
+        yield status.update
+    finally:
+        status.stop()

@@ -21,7 +21,7 @@ from fastlkm.lookup import native
 from fastlkm.lookup.base import Table
 from fastlkm.lookup.replay import LOOKUP, replay
 from fastlkm.lookup.strategies import STRATEGIES, Strategy, TableIndex
-from fastlkm.target import System
+from fastlkm.target import System, open_system
 
 # The 2009 LKML thread's figures: Amoroso's hash tables cut symbol resolution time by
 # 96% (25x); Jenkins' binary search by about 90-96%.
@@ -166,6 +166,30 @@ def _embedded(st: Strategy) -> Strategy:
         return from_file(t) if EMBEDDED in t.extra else own(t)
 
     return dc_replace(stored, build=build)
+
+
+def bench(target: str | None, scenarios: str = "boot", strategies: list[str] | None = None,
+          repeats: int = 5, use_native: bool = True, embedded: bool = False,
+          source: str | None = None, jobs: int | None = None,
+          progress: Callable[[str], None] | None = None) -> list[BenchResult]:
+    """``fastlkm bench``: :func:`run_bench` on *target* (what open_system() takes) for
+    each of the comma-separated *scenarios*; *strategies* may be comma-separated too."""
+    system = open_system(target, source=source, jobs=jobs)
+    names = [s for x in strategies for s in x.split(",") if s] if strategies else None
+    results = []
+    for scenario in scenarios.split(","):
+        if progress:
+            progress(f"recording scenario {scenario}")
+        results.append(run_bench(system, scenario, names, repeats=repeats,
+                                 use_native=use_native, embedded=embedded, progress=progress))
+    return results
+
+
+def engine_note(use_native: bool) -> str | None:
+    """What a report without timings must say."""
+    if use_native and not native.available():
+        return "the native engine is not built: counts only, timings are absent"
+    return None
 
 
 def run_bench(system: System, scenario: str = "boot", strategies: list[str] | None = None,

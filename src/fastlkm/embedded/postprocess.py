@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from fastlkm.elf.reader import ElfFile
 from fastlkm.elf.structs import ELFMAG, ET_DYN, ET_EXEC, ET_REL
@@ -25,7 +26,16 @@ from fastlkm.elf.writer import ElfWriter, NewSection
 from fastlkm.embedded.build import hash_sections
 from fastlkm.embedded.codec import MAGIC, STORABLE
 from fastlkm.embedded.read import fastlkm_sections, verify_image
-from fastlkm.errors import FastlkmError, FormatError, NotFoundError, UsageError
+from fastlkm.errors import (
+    EXIT_ERROR,
+    EXIT_FAIL,
+    EXIT_SKIPPED,
+    FastlkmError,
+    FormatError,
+    NotFoundError,
+    UsageError,
+    warn_skipped,
+)
 from fastlkm.io.atomic import atomic_symlink, atomic_write, clean_temporaries
 from fastlkm.io.codecs import compress, decompress, detect
 from fastlkm.kernel.ksymtab import read_exports, table_entries
@@ -70,7 +80,13 @@ class Outcome:
     kind: str = "module"                   # "module" or "vmlinux"
     sorted: tuple[str, ...] = ()           # tables reordered
     tables: int = 0                        # tables indexed
-    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()         # what was left as it was, and why
+    signature: str = ""                    # "signed", "signed again", "signature stripped"
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """The warnings, then what was done to the signature."""
+        return (*self.warnings, self.signature) if self.signature else self.warnings
 
 
 # --- one ELF image ----------------------------------------------------------------------
@@ -145,22 +161,22 @@ def process_bytes(raw: bytes, path: str, opts: HashOptions) -> tuple[bytes, Outc
     new, outcome = process_image(body, path, opts)
     if not outcome.changed:
         return raw, outcome
-    notes = list(outcome.notes)
+    signature = ""
     module = outcome.kind == "module"
     if module and opts.sign_key is not None:
         assert opts.sign_cert is not None
         new = sign(new, opts.sign_key, opts.sign_cert, opts.sign_hash)
-        notes.append("signed again" if trailer else "signed")
+        signature = "signed again" if trailer else "signed"
     elif trailer:
         if not opts.strip_signature:
             raise FormatError("the module is signed (~Module signature appended~); changing "
                               "it voids the signature and the kernel refuses it: give "
                               "--strip-signature (it then loads with a taint) or "
                               "--sign-key and --sign-cert", path)
-        notes.append("signature stripped")
+        signature = "signature stripped"
     out = compress(new, fmt) if fmt else new
     return out, Outcome(path, True, outcome.kind, outcome.sorted, outcome.tables,
-                        tuple(notes))
+                        outcome.warnings, signature)
 
 
 def _read(path: str) -> bytes:
@@ -320,21 +336,71 @@ def hash_paths(paths: list[str], opts: HashOptions, output: str | None = None,
     return outcomes, errors
 
 
-def verify_file(path: str) -> list[str]:
-    """The problems of the embedded tables of one file (see verify_image); a file that
-    needs tables and holds none of fastlkm's sections is only [NOT_PROCESSED]."""
+@dataclass
+class HashRun:
+    """What ``fastlkm hash`` did: an outcome per file processed, the files skipped."""
+
+    outcomes: list[Outcome]
+    errors: list[FastlkmError]
+
+    @property
+    def status(self) -> int:
+        if self.errors:   # nothing processed at all: bad input
+            return EXIT_SKIPPED if self.outcomes else EXIT_ERROR
+        return 0
+
+    def write(self, err: IO[str], verbose: bool = False) -> None:
+        """A line per warning (and, *verbose*, per signature and per changed file), the
+        skipped files, and the counts."""
+        for o in self.outcomes:
+            for n in o.notes if verbose else o.warnings:
+                err.write(f"fastlkm: {o.path}: {n}\n")
+            if verbose and o.changed:
+                moved = f", sorted {' '.join(o.sorted)}" if o.sorted else ""
+                err.write(f"fastlkm: {o.path}: {o.tables} tables{moved}\n")
+        warn_skipped(self.errors, err)
+        changed = sum(o.changed for o in self.outcomes)
+        err.write(f"fastlkm: {len(self.outcomes) + len(self.errors)} files: {changed} "
+                  f"changed, {len(self.outcomes) - changed} unchanged, {len(self.errors)} "
+                  "skipped\n")
+
+
+def hash_files(paths: list[str], opts: HashOptions, output: str | None = None,
+               jobs: int | None = None) -> HashRun:
+    """``fastlkm hash``: :func:`hash_paths` with its report."""
+    return HashRun(*hash_paths(paths, opts, output, jobs))
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The check of one file: its problems; *processed* False when it needs tables and
+    holds none of fastlkm's sections (then the one problem is NOT_PROCESSED)."""
+
+    path: str
+    problems: list[str]
+    processed: bool = True
+
+    @property
+    def bad(self) -> bool:
+        return self.processed and bool(self.problems)
+
+
+def verify_file(path: str) -> Verified:
+    """The problems of the embedded tables of one file (see verify_image)."""
     raw = _read(path)
     fmt = detect(raw)
     plain = decompress(raw, fmt, path=path) if fmt else raw
     body, _ = split_signature(plain, path)
     elf = ElfFile(body, path)
     problems = verify_image(elf)
-    return [NOT_PROCESSED] if problems and not fastlkm_sections(elf) else problems
+    if problems and not fastlkm_sections(elf):
+        return Verified(path, [NOT_PROCESSED], processed=False)
+    return Verified(path, problems)
 
 
-def _verify_one(path: str) -> tuple[str, list[str]] | FastlkmError:
+def _verify_one(path: str) -> Verified | FastlkmError:
     try:
-        return path, verify_file(path)
+        return verify_file(path)
     except FastlkmError as e:
         return e.with_path(path)
     except (ValueError, IndexError, KeyError, OverflowError) as e:
@@ -342,11 +408,41 @@ def _verify_one(path: str) -> tuple[str, list[str]] | FastlkmError:
 
 
 def verify_paths(paths: list[str], jobs: int | None = None
-                 ) -> tuple[list[tuple[str, list[str]]], list[FastlkmError]]:
-    """(path, problems) per file checked, and the files that could not be read."""
+                 ) -> tuple[list[Verified], list[FastlkmError]]:
+    """A check per file, and the files that could not be read."""
     plan = plan_paths(paths)
     results = _run(_verify_one, [j.src for j in plan.jobs],  # type: ignore[arg-type]
                    [j.size for j in plan.jobs], jobs)
-    checked = [r for r in results if isinstance(r, tuple)]
+    checked = [r for r in results if isinstance(r, Verified)]
     errors = plan.skipped + [r for r in results if isinstance(r, FastlkmError)]
-    return checked, errors  # type: ignore[return-value]
+    return checked, errors
+
+
+@dataclass
+class VerifyRun:
+    """What ``fastlkm verify`` found."""
+
+    checked: list[Verified]
+    errors: list[FastlkmError]
+
+    @property
+    def status(self) -> int:
+        if self.errors:   # nothing checked at all: bad input
+            return EXIT_SKIPPED if self.checked else EXIT_ERROR
+        return EXIT_FAIL if any(v.problems for v in self.checked) else 0
+
+    def write(self, out: IO[str], err: IO[str]) -> None:
+        """A line per problem on *out*; the skipped files and the counts on *err*."""
+        for v in self.checked:
+            for p in v.problems:
+                out.write(f"{v.path}: {p}\n")
+        warn_skipped(self.errors, err)
+        bad = sum(v.bad for v in self.checked)
+        todo = sum(not v.processed for v in self.checked)
+        err.write(f"fastlkm: {len(self.checked)} files checked: {bad} with problems, {todo} "
+                  f"not processed, {len(self.errors)} unreadable\n")
+
+
+def verify_files(paths: list[str], jobs: int | None = None) -> VerifyRun:
+    """``fastlkm verify``: :func:`verify_paths` with its report."""
+    return VerifyRun(*verify_paths(paths, jobs))
