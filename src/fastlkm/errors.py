@@ -6,7 +6,10 @@ line can print a single ``fastlkm: error: PATH: what is wrong (at offset N)`` li
 
 from __future__ import annotations
 
-from typing import IO
+from collections.abc import Callable
+from typing import IO, TypeVar
+
+T = TypeVar("T")
 
 # exit statuses of every command (the command line's, and the library functions' that
 # run one)
@@ -63,6 +66,29 @@ class CycleError(FastlkmError):
         super().__init__(lines[-1] if lines else "dependency cycle", path)
         self.lines = lines
         self.complete = complete
+
+
+# what a parser raises on bytes it did not check: reported as a malformed file
+PARSE_ERRORS = (ValueError, IndexError, KeyError, OverflowError)
+
+
+def guarded(fn: Callable[[], T], path: str, what: str = "file") -> T:
+    """``fn()``, every error of reading *path* a FastlkmError naming it: a FastlkmError
+    gets the path, one of PARSE_ERRORS becomes ``malformed WHAT (Type: message)``."""
+    try:
+        return fn()
+    except FastlkmError as e:
+        raise e.with_path(path) from None
+    except PARSE_ERRORS as e:
+        raise FormatError(f"malformed {what} ({type(e).__name__}: {e})", path) from None
+
+
+def result_or_error(fn: Callable[[], T], path: str, what: str = "file") -> T | FastlkmError:
+    """:func:`guarded`, the error returned instead of raised (for a worker's results)."""
+    try:
+        return guarded(fn, path, what)
+    except FastlkmError as e:
+        return e
 
 
 def warn_skipped(errors: list[FastlkmError], err: IO[str]) -> None:

@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from fastlkm.errors import FastlkmError, FormatError
+from fastlkm.errors import FastlkmError, guarded
 from fastlkm.kernel.modname import modname
 
 if TYPE_CHECKING:
@@ -84,14 +84,9 @@ def scan_image(data: bytes, path: str, shown: str) -> DepmodModule:
 
 
 def scan_file(path: str, shown: str) -> DepmodModule:
-    try:
-        from fastlkm.io.codecs import decompress_file  # only what C left: compressed files
+    from fastlkm.io.codecs import decompress_file  # only what C left: compressed files
 
-        return scan_image(decompress_file(path), path, shown)
-    except FastlkmError as e:
-        raise e.with_path(path) from None
-    except (ValueError, IndexError, KeyError, OverflowError) as e:
-        raise FormatError(f"malformed module ({type(e).__name__}: {e})", path) from None
+    return guarded(lambda: scan_image(decompress_file(path), path, shown), path, "module")
 
 
 def scan_files(files: list[tuple[str, str]], jobs: int | None = None,

@@ -34,6 +34,7 @@ from fastlkm.errors import (
     FormatError,
     NotFoundError,
     UsageError,
+    result_or_error,
     warn_skipped,
 )
 from fastlkm.io.atomic import atomic_symlink, atomic_write, clean_temporaries
@@ -286,12 +287,7 @@ def _copy(src: str, dst: str) -> None:
 
 def _hash_one(job: tuple[str, str | None, HashOptions]) -> Outcome | FastlkmError:
     src, dst, opts = job
-    try:
-        return process_file(src, dst, opts)
-    except FastlkmError as e:
-        return e.with_path(src)
-    except (ValueError, IndexError, KeyError, OverflowError) as e:
-        return FormatError(f"malformed file ({type(e).__name__}: {e})", src)
+    return result_or_error(lambda: process_file(src, dst, opts), src)
 
 
 def _run(fn: Callable[[object], object], args: list[object], sizes: list[int],
@@ -399,12 +395,7 @@ def verify_file(path: str) -> Verified:
 
 
 def _verify_one(path: str) -> Verified | FastlkmError:
-    try:
-        return verify_file(path)
-    except FastlkmError as e:
-        return e.with_path(path)
-    except (ValueError, IndexError, KeyError, OverflowError) as e:
-        return FormatError(f"malformed file ({type(e).__name__}: {e})", path)
+    return result_or_error(lambda: verify_file(path), path)
 
 
 def verify_paths(paths: list[str], jobs: int | None = None

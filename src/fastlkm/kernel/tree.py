@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastlkm.elf.reader import ElfFile
-from fastlkm.errors import FastlkmError, FormatError, NotFoundError
+from fastlkm.errors import FastlkmError, FormatError, NotFoundError, result_or_error
 from fastlkm.io.codecs import decompress_file
 from fastlkm.kernel.facts import Export, Kernel, Module
 from fastlkm.kernel.kconfig import parse_config
@@ -268,12 +268,7 @@ def compare_exports(a: list[Export] | tuple[Export, ...], b: list[Export] | tupl
 
 def _read_one(args: tuple[str, str]) -> Module | FastlkmError:
     path, rel = args
-    try:
-        return read_module(path, rel)
-    except FastlkmError as e:
-        return e
-    except (ValueError, IndexError, KeyError, OverflowError) as e:
-        return FormatError(f"malformed module ({type(e).__name__}: {e})", path)
+    return result_or_error(lambda: read_module(path, rel), path, "module")
 
 
 def read_modules(moddir: Path, relpaths: list[str], jobs: int | None = None,
