@@ -17,7 +17,8 @@ setup(
         ),
         Extension(
             "fastlkm.depmod._scan",
-            ["src/fastlkm/depmod/_scan.c"],
+            ["src/fastlkm/depmod/_scan.c", "src/fastlkm/depmod/scan_core.c"],
+            depends=["src/fastlkm/depmod/scan_core.h"],
             extra_compile_args=["-O2", "-Wall", "-Wextra"],
             optional=True,
         ),
