@@ -24,7 +24,8 @@ setup(
         ),
         Extension(
             "fastlkm.depmod._kmod_index",
-            ["src/fastlkm/depmod/_kmod_index.c"],
+            ["src/fastlkm/depmod/_kmod_index.c", "src/fastlkm/depmod/kmod_index_core.c"],
+            depends=["src/fastlkm/depmod/kmod_index_core.h"],
             extra_compile_args=["-O2"],
             optional=True,
         ),
