@@ -30,7 +30,7 @@ skipped (unreadable, malformed, not regular files, symlink loops: each named in 
 
 
 def cmd_resolve(a: argparse.Namespace) -> int:
-    from fastlkm.resolve import resolve
+    from fastlkm.verdicts import resolve
 
     r = resolve(a.target, a.modules, source=a.source, jobs=a.jobs, compare=a.compare)
     r.write(sys.stdout, sys.stderr, as_json=a.json)
@@ -38,7 +38,7 @@ def cmd_resolve(a: argparse.Namespace) -> int:
 
 
 def cmd_check(a: argparse.Namespace) -> int:
-    from fastlkm.resolve import check
+    from fastlkm.verdicts import check
 
     c = check(a.module, a.kernel, source=a.source, jobs=a.jobs)
     c.write(sys.stdout, sys.stderr, as_json=a.json)
