@@ -332,6 +332,14 @@ def hash_paths(paths: list[str], opts: HashOptions, output: str | None = None,
     return outcomes, errors
 
 
+def _status(done: bool, skipped: bool, failed: bool) -> int:
+    """A run over files: EXIT_SKIPPED when files were skipped (EXIT_ERROR when nothing
+    was done at all: bad input), else EXIT_FAIL when a file *failed*."""
+    if skipped:
+        return EXIT_SKIPPED if done else EXIT_ERROR
+    return EXIT_FAIL if failed else 0
+
+
 @dataclass
 class HashRun:
     """What ``fastlkm hash`` did: an outcome per file processed, the files skipped."""
@@ -341,9 +349,7 @@ class HashRun:
 
     @property
     def status(self) -> int:
-        if self.errors:   # nothing processed at all: bad input
-            return EXIT_SKIPPED if self.outcomes else EXIT_ERROR
-        return 0
+        return _status(bool(self.outcomes), bool(self.errors), False)
 
     def write(self, err: IO[str], verbose: bool = False) -> None:
         """A line per warning (and, *verbose*, per signature and per changed file), the
@@ -418,9 +424,8 @@ class VerifyRun:
 
     @property
     def status(self) -> int:
-        if self.errors:   # nothing checked at all: bad input
-            return EXIT_SKIPPED if self.checked else EXIT_ERROR
-        return EXIT_FAIL if any(v.problems for v in self.checked) else 0
+        return _status(bool(self.checked), bool(self.errors),
+                       any(v.problems for v in self.checked))
 
     def write(self, out: IO[str], err: IO[str]) -> None:
         """A line per problem on *out*; the skipped files and the counts on *err*."""
