@@ -32,7 +32,7 @@ def elf(data: bytes) -> None:
 def scan(data: bytes) -> None:
     """The native scan of depmod's facts against the reference decoder: it must decline
     whatever the reference rejects and agree with whatever the reference reads."""
-    from fastlkm.kernel import scan as sc
+    from fastlkm.depmod import scan as sc
     from fastlkm.kernel.module import parse_module
 
     if sc._native is None:   # built without a compiler: only the reference is left
