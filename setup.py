@@ -1,7 +1,7 @@
 """Only the native extensions; the project's metadata lives in pyproject.toml.
 
 They are optional: without a C compiler the package installs without them,
-fastlkm.lookup.native.available() is False and fastlkm.outputs.kmod_index uses its Python
+fastlkm.lookup.native.available() is False and fastlkm.depmod.kmod_index uses its Python
 index.
 """
 
@@ -16,14 +16,16 @@ setup(
             optional=True,
         ),
         Extension(
-            "fastlkm.kernel._scan",
-            ["src/fastlkm/kernel/_scan.c"],
+            "fastlkm.depmod._scan",
+            ["src/fastlkm/depmod/_scan.c", "src/fastlkm/depmod/scan_core.c"],
+            depends=["src/fastlkm/depmod/scan_core.h"],
             extra_compile_args=["-O2", "-Wall", "-Wextra"],
             optional=True,
         ),
         Extension(
-            "fastlkm.outputs._kmod_index",
-            ["src/fastlkm/outputs/_kmod_index.c"],
+            "fastlkm.depmod._kmod_index",
+            ["src/fastlkm/depmod/_kmod_index.c", "src/fastlkm/depmod/kmod_index_core.c"],
+            depends=["src/fastlkm/depmod/kmod_index_core.h"],
             extra_compile_args=["-O2"],
             optional=True,
         ),

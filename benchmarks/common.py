@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from fastlkm.bench import machine
+from fastlkm.bench.run import machine
 
 __all__ = ["corpus", "machine"]
 

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import corpus, machine
 
 from fastlkm import cli
-from fastlkm.outputs import depmod, kmod_index
+from fastlkm.depmod import compute as depmod
+from fastlkm.depmod import kmod_index
 
 FILES = ("modules.dep.bin", "modules.alias.bin", "modules.symbols.bin")
 Entries = tuple[list[str], list[str], list[int]]
@@ -79,7 +80,7 @@ def main() -> int:
     ap.add_argument("--version", type=int, default=34, choices=(30, 34))
     a = ap.parse_args()
     if not kmod_index.native_available():
-        sys.exit("the C index (fastlkm.outputs._kmod_index) is not built")
+        sys.exit("the C index (fastlkm.depmod._kmod_index) is not built")
     root, release = corpus.fetch(a.kernel)
     with tempfile.TemporaryDirectory() as out:
         cli.main(["depmod", "-b", str(root), release, "-o", out, "--no-cache"])

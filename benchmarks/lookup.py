@@ -23,9 +23,9 @@ import json
 import sys
 from pathlib import Path
 
-from fastlkm.bench import BenchResult, run_bench
+from fastlkm.bench.report import print_report
+from fastlkm.bench.run import BenchResult, run_bench
 from fastlkm.lookup import native
-from fastlkm.outputs.report import print_report
 from fastlkm.target import open_system, shipped_snapshot
 
 
@@ -98,7 +98,7 @@ def main() -> int:
         Path(a.json).write_text(json.dumps({k: v.as_dict() for k, v in results.items()},
                                            indent=1))
     if a.plot:
-        from fastlkm.outputs.plot import plot
+        from fastlkm.bench.plot import plot
 
         plot([bo, al], a.plot)
     return 0 if ok else 1

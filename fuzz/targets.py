@@ -32,7 +32,7 @@ def elf(data: bytes) -> None:
 def scan(data: bytes) -> None:
     """The native scan of depmod's facts against the reference decoder: it must decline
     whatever the reference rejects and agree with whatever the reference reads."""
-    from fastlkm.kernel import scan as sc
+    from fastlkm.depmod import scan as sc
     from fastlkm.kernel.module import parse_module
 
     if sc._native is None:   # built without a compiler: only the reference is left
@@ -89,7 +89,7 @@ def depmod_d(data: bytes) -> None:
     import tempfile
     from pathlib import Path
 
-    from fastlkm.kernel.depmod_d import load_config
+    from fastlkm.depmod.config import load_config
 
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "x.conf").write_bytes(data)
@@ -99,7 +99,7 @@ def depmod_d(data: bytes) -> None:
 
 def kmod_index(data: bytes) -> None:
     """The index reader on raw bytes, and a round trip of keys made from them."""
-    from fastlkm.outputs.kmod_index import Index, read_index
+    from fastlkm.depmod.kmod_index import Index, read_index
 
     with contextlib.suppress(FormatError):
         read_index(data, "fuzz")
@@ -119,7 +119,7 @@ def kmod_index(data: bytes) -> None:
 
 
 def sections(data: bytes) -> None:
-    from fastlkm.lookup.sections import decode
+    from fastlkm.embedded.codec import decode
 
     decode(data, True, "fuzz")
     decode(data, False, "fuzz")

@@ -120,7 +120,7 @@ def skip_or_fail(msg: str) -> None:
 # test, what was deselected, modules whose collection was skipped or failed, and which C
 # extensions import.
 MARKS = ("corpus", "qemu")
-EXTENSIONS = ("fastlkm.lookup._native", "fastlkm.kernel._scan", "fastlkm.outputs._kmod_index")
+EXTENSIONS = ("fastlkm.lookup._native", "fastlkm.depmod._scan", "fastlkm.depmod._kmod_index")
 _REPORT: dict[str, Any] = {"counts": {"corpus": 0, "qemu": 0, "skipped": 0, "passed": 0},
                            "marked": {}, "outcomes": {}, "deselected": [],
                            "collection": {}, "extensions": {}}

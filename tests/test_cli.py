@@ -91,9 +91,9 @@ def test_snapshot_of_a_snapshot_is_the_same_facts(tmp_path: Path) -> None:
 
 def test_hash_styles_are_the_storable_ones() -> None:
     from fastlkm.cli import HASH_STYLES
-    from fastlkm.lookup.sections import STORABLE
+    from fastlkm.embedded.codec import STORABLE
 
-    assert set(HASH_STYLES) == set(STORABLE)
+    assert set(HASH_STYLES) == {*STORABLE, "all"}
 
 
 def test_only_the_command_run_is_built_and_it_is_whole() -> None:

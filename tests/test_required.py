@@ -30,7 +30,7 @@ def report(**change: Any) -> dict[str, Any]:
         "marked": dict(REQUIRED), "outcomes": {A: "passed", B: "passed", Q: "passed",
                                                "tests/u.py::test_unit": "passed"},
         "deselected": [], "collection": {},
-        "extensions": {"fastlkm.lookup._native": True, "fastlkm.kernel._scan": True},
+        "extensions": {"fastlkm.lookup._native": True, "fastlkm.depmod._scan": True},
     }
     r.update(change)
     return r
@@ -56,9 +56,9 @@ def test_a_complete_run_passes() -> None:
     ({"marked": without(REQUIRED, A)}, "1 required tests no longer marked corpus or qemu:"),
     ({"marked": {**REQUIRED, "tests/new.py::test_new": ["qemu"]}},
      "1 corpus/qemu tests not in tests/required.txt:"),
-    ({"extensions": {"fastlkm.lookup._native": False, "fastlkm.kernel._scan": True}},
+    ({"extensions": {"fastlkm.lookup._native": False, "fastlkm.depmod._scan": True}},
      "1 C extensions missing (pip install -e . with gcc and python3-dev):"),
-    ({"collection": {"tests/kernel/test_scan.py": "skipped: no scanner"}},
+    ({"collection": {"tests/depmod/test_scan.py": "skipped: no scanner"}},
      "1 modules whose collection was skipped or failed:"),
     ({"outcomes": {**report()["outcomes"], "tests/u.py::test_unit": "skipped"}},
      "1 tests skipped (every test must run here):"),

@@ -6,9 +6,10 @@ import dataclasses
 
 import pytest
 
+from fastlkm.depmod.compute import build
+from fastlkm.depmod.output import modules_dep, modules_symbols
 from fastlkm.errors import FormatError
 from fastlkm.kernel.facts import Module
-from fastlkm.outputs.depmod import build, modules_dep, modules_symbols
 from fastlkm.snapshot import Snapshot, dumps, loads
 from fastlkm.target import shipped_snapshot, to_snapshot
 from tests.conftest import KERNELS

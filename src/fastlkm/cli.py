@@ -1,4 +1,5 @@
-"""The ``fastlkm`` command: parses arguments, calls the library, prints.  No logic here.
+"""The ``fastlkm`` command: parses arguments and calls one library function per command,
+which formats what is printed.  No logic here.
 
 Errors the library raises on purpose print one line, ``fastlkm: error: ...``, and exit
 with status 2; ``--debug`` shows the traceback instead.  A file of a tree that cannot be
@@ -10,19 +11,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from fastlkm import __version__
-from fastlkm.errors import CycleError, FastlkmError, UsageError
+from fastlkm.errors import EXIT_ERROR, FastlkmError, UsageError
 
-# the keys of fastlkm.lookup.sections.STORABLE (a test keeps them equal), named here so
+# the keys of fastlkm.embedded.codec.STORABLE (a test keeps them equal), named here so
 # that building the parser imports nothing
 HASH_STYLES = ("bsearch", "sysv", "sysv-djb", "gnu", "perfect", "all")
-COMMANDS = ("resolve", "check", "depmod", "bench", "hash", "verify", "snapshot")
-
-EXIT_FAIL = 1     # a module would not load (depmod: a dependency cycle, as kmod's)
-EXIT_ERROR = 2    # bad input or usage
-EXIT_SKIPPED = 3  # some files were skipped (each named on stderr), the rest processed
+COMMANDS = ("resolve", "check", "depmod", "bench", "hash", "verify", "snapshot", "kernel")
 
 EXIT_STATUS_HELP = """exit status: 0 success; 1 a module would not load, verify found problems,
 or (depmod) a dependency cycle; 2 bad input or usage, nothing done; 3 some files were
@@ -30,295 +26,56 @@ skipped (unreadable, malformed, not regular files, symlink loops: each named in 
 'fastlkm: warning:' line) and the rest processed -- 3 wins over 1."""
 
 
-def _out(s: str = "") -> None:
-    sys.stdout.write(s + "\n")
-
-
-def _note(s: str) -> None:
-    sys.stderr.write(f"fastlkm: {s}\n")
-
-
-def _skipped(errors: list[FastlkmError]) -> None:
-    for e in errors:
-        _note(f"warning: {e}; skipped")
-
-
-# --- resolve --------------------------------------------------------------------------
+# --- one library function per command ----------------------------------------------------
 
 
 def cmd_resolve(a: argparse.Namespace) -> int:
-    from fastlkm.loader.loader import Loader, load_order
-    from fastlkm.target import open_system
+    from fastlkm.verdicts import resolve
 
-    target, names = a.target, list(a.modules)
-    system = open_system(target, source=a.source, jobs=a.jobs, compare=a.compare)
-    wanted = names or None
-    if wanted:
-        missing = [n for n in wanted if system.module(n) is None]
-        if missing:
-            raise UsageError(f"no such module in {system.origin}: {', '.join(missing)}")
-    loader = Loader(system.kernel)
-    results = [loader.load(m) for m in load_order(system.modules, wanted, system.kernel)]
-    from collections import Counter
-
-    kinds = Counter(m.kind for r in results for m in r.failures)
-    failed = [r for r in results if not r.ok]
-    summary = {
-        "kernel": system.kernel.release,
-        "origin": system.origin,
-        "exports_source": system.kernel.source,
-        "modules": len(results),
-        "loaded": len(results) - len(failed),
-        "failed": len(failed),
-        "lookups": sum(r.lookups for r in results),
-        "resolved": sum(r.resolved for r in results),
-        "failures_by_kind": dict(kinds),
-        "unreadable": len(system.errors),
-    }
-    if a.json:
-        doc = {
-            "summary": summary,
-            "notes": system.notes,
-            "errors": [str(e) for e in system.errors],
-            "modules": [{"name": r.module, "path": r.path, "ok": r.ok, "err": r.err,
-                         "lookups": r.lookups, "resolved": r.resolved,
-                         "messages": [{"text": m.text, "kind": m.kind, "symbol": m.symbol,
-                                       "error": m.error} for m in r.messages]}
-                        for r in results],
-        }
-        import json
-
-        json.dump(doc, sys.stdout, indent=1)
-        _out()
-    else:
-        for n in system.notes:
-            _note(n)
-        _skipped(system.errors)
-        for r in results:
-            for m in r.messages:
-                _out(m.text)
-        _out(f"kernel {summary['kernel']} ({system.origin}); exports from "
-             f"{system.kernel.source}")
-        _out(f"modules {summary['modules']}  loaded {summary['loaded']}  failed "
-             f"{summary['failed']}  lookups {summary['lookups']}  resolved "
-             f"{summary['resolved']}")
-        if kinds:
-            _out("failures by kind: " + ", ".join(f"{k} {v}" for k, v in kinds.most_common()))
-    if system.errors:
-        return EXIT_SKIPPED
-    return EXIT_FAIL if failed else 0
-
-
-# --- check ----------------------------------------------------------------------------
+    r = resolve(a.target, a.modules, source=a.source, jobs=a.jobs, compare=a.compare)
+    r.write(sys.stdout, sys.stderr, as_json=a.json)
+    return r.status
 
 
 def cmd_check(a: argparse.Namespace) -> int:
-    from fastlkm.kernel.module import read_module
-    from fastlkm.loader.loader import Loader, load_order
-    from fastlkm.target import open_system
+    from fastlkm.verdicts import check
 
-    mod = read_module(a.module)
-    system = open_system(a.kernel, source=a.source, jobs=a.jobs)
-    others = [m for m in system.modules if m.name != mod.name]
-    loader = Loader(system.kernel)
-    plan = load_order([*others, mod], [mod.name], system.kernel)
-    results = [loader.load(m) for m in plan]
-    final = results[-1]
-    deps = results[:-1]
-    if a.json:
-        import json
-
-        json.dump({"module": a.module, "kernel": system.kernel.release, "loads": final.ok,
-                   "err": final.err, "dependencies": [r.module for r in deps],
-                   "messages": [m.text for r in results for m in r.messages]},
-                  sys.stdout, indent=1)
-        _out()
-    else:
-        _skipped(system.errors)
-        for r in results:
-            for m in r.messages:
-                _out(m.text)
-        verdict = "would load" if final.ok else f"would NOT load (err {final.err})"
-        dep_s = f" after {', '.join(r.module for r in deps)}" if deps else ""
-        _out(f"{final.module}: {verdict} on {system.kernel.release}{dep_s}")
-    if system.errors:
-        return EXIT_SKIPPED
-    return 0 if final.ok else EXIT_FAIL
-
-
-# --- depmod ---------------------------------------------------------------------------
+    c = check(a.module, a.kernel, source=a.source, jobs=a.jobs)
+    c.write(sys.stdout, sys.stderr, as_json=a.json)
+    return c.status
 
 
 def cmd_depmod(a: argparse.Namespace) -> int:
-    import gc
+    from fastlkm.depmod.run import DepmodOptions, depmod
 
-    # a run allocates a few hundred thousand objects that live until it ends: the cyclic
-    # collector would only walk them again and again
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _depmod(a)
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _depmod(a: argparse.Namespace) -> int:
-    # what a warm run needs, and only that: the rest is imported once work is to be done
-    from fastlkm.io.cache import file_key, save_outputs
-    from fastlkm.kernel.depmod_d import load_config
-    from fastlkm.kernel.modfiles import depfile_up_to_date, module_files, release_dir
-    from fastlkm.outputs.write import write_outputs
-
-    moddir = release_dir(a.basedir, a.version)
-    if a.quick and moddir is not None and depfile_up_to_date(moddir):
-        return 0
-    config = load_config(moddir.name, a.config) if moddir is not None else None
-    skipped: list[FastlkmError] = []
-    files = module_files(moddir, config, skipped) if moddir is not None else None
-    keys = [file_key(p) for p, _ in files] if files is not None and not a.no_cache else None
-    warm = depmod_warm_outputs(moddir, config, a, files, keys) \
-        if keys is not None and not skipped else None
-    if warm is not None and warm[1] is not None and not a.show:
-        write_outputs(Path(a.output) if a.output else moddir, warm[1])  # type: ignore[arg-type]
-        return 0
-    from fastlkm.depmod_input import depmod_kernel_symbols, modules_for_depmod
-    from fastlkm.outputs.depmod import build, depmod_files
-
-    moddir, modules, order, errors = modules_for_depmod(a.basedir, a.version, jobs=a.jobs,
-                                                        config=config,
-                                                        use_cache=not a.no_cache,
-                                                        files=files, keys=keys)
-    errors = skipped + errors
-    _skipped(errors)
-    if a.errsyms and not (a.filesyms or a.symvers):
-        sys.stderr.write("depmod: WARNING: -e needs -E or -F\n")
-    kernel_syms = depmod_kernel_symbols(a.filesyms, a.symvers)
-    compat = a.kmod_compat is not None
-    version = int(a.kmod_compat) if compat else 34
-    report: list[str] | None = [] if a.errsyms and kernel_syms is not None else None
-    try:
-        dm = build(modules, order, kernel_exports=kernel_syms, kmod_compat=compat,
-                   report=report, check_symvers=a.symvers is not None,
-                   moddir=str(moddir) if moddir is not None else None)
-    except CycleError as e:
-        # as kmod's depmod: the cycles as errors, nothing written, status 1
-        for line in report or []:
-            sys.stderr.write(f"depmod: WARNING: {line}\n")
-        for line in e.lines:
-            sys.stderr.write(f"depmod: ERROR: {line}\n")
-        if not e.complete:
-            _note("too many cycles: the list above stops early; the count is every "
-                  "module in a cycle")
-        return EXIT_FAIL
-    for line in report or []:
-        sys.stderr.write(f"depmod: WARNING: {line}\n")
-
-    def read(name: str) -> bytes | None:
-        f = moddir / name if moddir is not None else None
-        return f.read_bytes() if f is not None and f.is_file() else None
-
-    files, warnings = depmod_files(dm, read("modules.builtin"),
-                                   read("modules.builtin.modinfo"), version)
-    for w in warnings:
-        sys.stderr.write(f"depmod: WARNING: {w}\n")
-    if a.show:
-        # depmod -n writes the text files to standard output (indexes are binary)
-        for name, data in files.items():
-            if not name.endswith(".bin"):
-                sys.stdout.buffer.write(data)
-        return EXIT_SKIPPED if errors else 0
-    out = Path(a.output) if a.output else moddir
-    if out is None:
-        raise UsageError("a snapshot has no modules directory: give --output DIR")
-    write_outputs(out, files)
-    if warm is not None and not errors and moddir is not None:
-        save_outputs(str(moddir.resolve()), warm[0], files)
-    return EXIT_SKIPPED if errors else 0
-
-
-def depmod_warm_outputs(moddir: Path | None, config: object, a: argparse.Namespace,
-                        files: list[tuple[str, str]], keys: list[tuple[int, ...] | None]
-                        ) -> tuple[bytes, dict[str, bytes] | None] | None:
-    """The key of this depmod run (every module file's key, the configuration, the
-    options, fastlkm's version) and the outputs a previous identical run wrote, if any."""
-    from fastlkm.io.cache import file_key, load_outputs, outputs_key
-
-    if moddir is None or a.errsyms or a.warn:
-        return None
-    inputs = [(p, shown, k) for (p, shown), k in zip(files, keys, strict=True)]
-    extra = [(n, file_key(str(moddir / n))) for n in
-             ("modules.order", "modules.builtin", "modules.builtin.modinfo")]
-    key = outputs_key([__version__, inputs, extra, repr(config), a.kmod_compat, a.filesyms,
-                       a.symvers])
-    return key, load_outputs(str(moddir.resolve()), key)
-
-
-# --- snapshot -------------------------------------------------------------------------
+    return depmod(DepmodOptions(a.basedir, a.version, a.output, a.show, a.quick, a.errsyms,
+                                a.filesyms, a.symvers, a.warn, a.config, a.kmod_compat,
+                                a.no_cache, a.jobs))
 
 
 def cmd_snapshot(a: argparse.Namespace) -> int:
-    from fastlkm.snapshot import save
-    from fastlkm.target import open_system, to_snapshot
+    from fastlkm.target import save_snapshot
 
-    system = open_system(a.target, source=a.source, jobs=a.jobs)
-    _skipped(system.errors)
-    size = save(to_snapshot(system), a.output)
-    _note(f"{a.output}: {len(system.modules)} modules, {len(system.kernel.exports)} kernel "
-          f"exports, {size} bytes")
-    return EXIT_SKIPPED if system.errors else 0
-
-
-# --- bench ----------------------------------------------------------------------------
+    return save_snapshot(a.target, a.output, source=a.source, jobs=a.jobs, err=sys.stderr)
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from fastlkm.bench import run_bench
-    from fastlkm.lookup import native
-    from fastlkm.outputs.report import print_report, write_json
-    from fastlkm.target import open_system
+    from fastlkm.bench.report import print_reports, progress_status, write_results_json
+    from fastlkm.bench.run import bench, engine_note
 
-    tty = sys.stderr.isatty()
-    status = None
-    if tty:
-        from rich.console import Console
-
-        status = Console(stderr=True).status("opening the kernel")
-        status.start()
-
-    def progress(msg: str) -> None:
-        if status is not None:
-            status.update(msg)
-
-    try:
-        system = open_system(a.target, source=a.source, jobs=a.jobs)
-        strategies = [s for x in a.strategies for s in x.split(",") if s] if a.strategies \
-            else None
-        results = []
-        for scenario in a.scenario.split(","):
-            progress(f"recording scenario {scenario}")
-            results.append(run_bench(system, scenario, strategies, repeats=a.repeats,
-                                     use_native=not a.python, embedded=a.embedded,
-                                     progress=progress, unload=a.unload))
-    finally:
-        if status is not None:
-            status.stop()
-    if not native.available() and not a.python:
-        _note("the native engine is not built: counts only, timings are absent")
-    for i, b in enumerate(results):
-        if i:
-            _out()
-        print_report(b, sys.stdout, rich=sys.stdout.isatty())
+    with progress_status(sys.stderr) as progress:
+        results = bench(a.target, a.scenario, a.strategies, repeats=a.repeats,
+                        use_native=not a.python, embedded=a.embedded, source=a.source,
+                        jobs=a.jobs, progress=progress, unload=a.unload)
+    note = engine_note(use_native=not a.python)
+    if note:
+        sys.stderr.write(f"fastlkm: {note}\n")
+    print_reports(results, sys.stdout, rich=sys.stdout.isatty())
     if a.json:
         with open(a.json, "w") as f:
-            if len(results) == 1:
-                write_json(results[0], f)
-            else:
-                import json
-
-                json.dump([b.as_dict() for b in results], f, indent=1)
+            write_results_json(results, f)
     if a.plot:
-        from fastlkm.outputs.plot import plot
+        from fastlkm.bench.plot import plot
 
         plot(results, a.plot)
     return 0
@@ -330,9 +87,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def cmd_kernel_postlink(a: argparse.Namespace) -> int:
     from fastlkm.kbuild.postlink import fill_vmlinux
 
-    f = fill_vmlinux(a.vmlinux)
-    _note(f"{f.path}: __ksymtab_htables: {f.used} of {f.room} bytes for "
-          f"{' + '.join(map(str, f.entries))} exports")
+    sys.stderr.write(fill_vmlinux(a.vmlinux).text() + "\n")
     return 0
 
 
@@ -352,47 +107,22 @@ def cmd_kernel_bench(a: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-# --- hash and verify ------------------------------------------------------------------
-
-
 def cmd_hash(a: argparse.Namespace) -> int:
-    from fastlkm.outputs.postlink import HashOptions, hash_paths
+    from fastlkm.embedded.postprocess import HashOptions, hash_files
 
     opts = HashOptions(a.style, a.sort, a.undef_hash, a.strip_signature, a.sign_key,
                        a.sign_cert, a.sign_hash)
-    outcomes, errors = hash_paths(a.paths, opts, a.output, a.jobs)
-    for o in outcomes:
-        for n in o.notes:
-            if a.verbose or not n.startswith(("signature stripped", "signed")):
-                _note(f"{o.path}: {n}")
-        if a.verbose and o.changed:
-            moved = f", sorted {' '.join(o.sorted)}" if o.sorted else ""
-            _note(f"{o.path}: {o.tables} tables{moved}")
-    _skipped(errors)
-    changed = sum(o.changed for o in outcomes)
-    _note(f"{len(outcomes) + len(errors)} files: {changed} changed, "
-          f"{len(outcomes) - changed} unchanged, {len(errors)} skipped")
-    if errors:
-        return EXIT_SKIPPED if outcomes else EXIT_ERROR   # nothing processed: bad input
-    return 0
+    run = hash_files(a.paths, opts, a.output, a.jobs)
+    run.write(sys.stderr, verbose=a.verbose)
+    return run.status
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
-    from fastlkm.outputs.postlink import NOT_PROCESSED, verify_paths
+    from fastlkm.embedded.postprocess import verify_files
 
-    checked, errors = verify_paths(a.paths, a.jobs)
-    bad = todo = 0
-    for path, problems in checked:
-        todo += problems == [NOT_PROCESSED]
-        bad += bool(problems) and problems != [NOT_PROCESSED]
-        for p in problems:
-            _out(f"{path}: {p}")
-    _skipped(errors)
-    _note(f"{len(checked)} files checked: {bad} with problems, {todo} not processed, "
-          f"{len(errors)} unreadable")
-    if errors:
-        return EXIT_SKIPPED if checked else EXIT_ERROR   # nothing checked: bad input
-    return EXIT_FAIL if bad or todo else 0
+    run = verify_files(a.paths, a.jobs)
+    run.write(sys.stdout, sys.stderr)
+    return run.status
 
 
 # --- main -----------------------------------------------------------------------------
@@ -572,15 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     a = parser(argv).parse_args(argv)
     if not a.max_decompressed:
         return _run(a)
-    from fastlkm.io.codecs import max_decompressed, set_max_decompressed
+    from fastlkm.io.codecs import decompression_cap
 
-    # the cap holds for this command only (main() may be called again in one process)
-    before = max_decompressed()
-    set_max_decompressed(a.max_decompressed)
-    try:
+    with decompression_cap(a.max_decompressed):   # for this command only
         return _run(a)
-    finally:
-        set_max_decompressed(before)
 
 
 def _run(a: argparse.Namespace) -> int:

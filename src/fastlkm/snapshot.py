@@ -31,7 +31,7 @@ CONFIG_KEYS = ("CONFIG_MODVERSIONS", "CONFIG_MODULE_FORCE_LOAD",
 
 @dataclass
 class Snapshot:
-    """A kernel, its modules (in depmod's scan order) and modules.order."""
+    """A kernel, its modules (in the order depmod's walk finds them) and modules.order."""
 
     kernel: Kernel
     modules: list[Module]

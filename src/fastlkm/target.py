@@ -6,14 +6,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
-from fastlkm.errors import FastlkmError, NotFoundError
+from fastlkm.depmod.modfiles import module_files, read_order
+from fastlkm.errors import EXIT_SKIPPED, FastlkmError, NotFoundError, warn_skipped
 from fastlkm.kernel.facts import Kernel, Module
-from fastlkm.kernel.modfiles import MODULE_DIRS, module_files, read_order
+from fastlkm.kernel.modname import MODULE_DIRS
 from fastlkm.kernel.tree import (
     Tree,
     compare_exports,
@@ -29,7 +32,7 @@ SHIPPED_SNAPSHOT = "debian-6.12-amd64.snap"
 @dataclass
 class System:
     kernel: Kernel
-    modules: list[Module]            # in depmod's scan order
+    modules: list[Module]            # in the order depmod's walk finds them
     order: list[str]                 # modules.order
     origin: str                      # what was opened, for messages
     tree: Tree | None = None
@@ -105,7 +108,7 @@ def open_tree(tree: Tree, *, source: str | None = None, jobs: int | None = None,
     notes: list[str] = []
     kernel = load_kernel(tree, prefer=source, notes=notes)
     notes.append(f"kernel exports: {len(kernel.exports)} from {kernel.source}")
-    skipped: list[FastlkmError] = []   # what the scan could not take
+    skipped: list[FastlkmError] = []   # what the walk could not take
     modules, errors = read_module_files(module_files(tree.moddir, skipped=skipped),
                                         jobs=jobs, progress=progress)
     errors = skipped + errors
@@ -138,3 +141,18 @@ def compare_sources(tree: Tree, used: Kernel) -> list[str]:
 
 def to_snapshot(system: System) -> Snapshot:
     return Snapshot(system.kernel, system.modules, system.order)
+
+
+def save_snapshot(target: str | None, output: str, source: str | None = None,
+                  jobs: int | None = None, err: IO[str] | None = None) -> int:
+    """``fastlkm snapshot``: the facts of *target* stored in the file *output*; the skipped
+    files and a line of counts on *err*.  EXIT_SKIPPED when files were skipped."""
+    from fastlkm.snapshot import save
+
+    err = err if err is not None else sys.stderr
+    system = open_system(target, source=source, jobs=jobs)
+    warn_skipped(system.errors, err)
+    size = save(to_snapshot(system), output)
+    err.write(f"fastlkm: {output}: {len(system.modules)} modules, "
+              f"{len(system.kernel.exports)} kernel exports, {size} bytes\n")
+    return EXIT_SKIPPED if system.errors else 0

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fastlkm.depmod.modfiles import walk_modules as scan_modules
 from fastlkm.elf.reader import ElfFile, Section
 from fastlkm.errors import FormatError
 from fastlkm.io.codecs import decompress_file
 from fastlkm.kernel.ksymtab import read_exports
-from fastlkm.kernel.modfiles import scan_modules
 from fastlkm.kernel.module import parse_module
 from fastlkm.kernel.tree import find_tree
 from tests.conftest import require_tools

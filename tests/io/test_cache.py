@@ -10,15 +10,8 @@ from pathlib import Path
 import pytest
 
 from fastlkm.cli import main
-from fastlkm.io.cache import (
-    HEADER,
-    SUFFIX,
-    FactsCache,
-    cache_dir,
-    file_key,
-    load_outputs,
-    save_outputs,
-)
+from fastlkm.depmod.cache import load_outputs, save_outputs
+from fastlkm.io.cache import HEADER, SUFFIX, FactsCache, cache_dir, file_key
 
 
 def test_facts_served_only_for_the_same_file(tmp_path: Path) -> None:
@@ -45,7 +38,7 @@ def test_damaged_cache_files_are_misses() -> None:
 
 @pytest.mark.corpus
 def test_warm_depmod_is_identical_and_notices_changes(corpus, tmp_path: Path) -> None:
-    from tests.outputs.test_depmod import _shadow_root
+    from tests.depmod.test_depmod import _shadow_root
 
     root, release = corpus("6.1-cloud-amd64")
     sh = _shadow_root(root, release, tmp_path / "r")
@@ -73,7 +66,7 @@ def test_warm_depmod_is_identical_and_notices_changes(corpus, tmp_path: Path) ->
 
 
 def test_outputs_key_depends_on_values_only() -> None:
-    from fastlkm.io.cache import outputs_key
+    from fastlkm.depmod.cache import outputs_key
 
     shared = "kernel/a.ko"
     one = ["v", [(shared, shared, (1, 2, 3, 4, 5))], None]

@@ -16,7 +16,7 @@ from fastlkm.io.codecs import (
     parse_size,
     set_max_decompressed,
 )
-from tests.outputs.test_depmod_cycles import dep_module
+from tests.depmod.test_depmod_cycles import dep_module
 
 
 def test_parse_size() -> None:

@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 
 from fastlkm.elf.reader import ElfFile
+from fastlkm.embedded.codec import split_records
+from fastlkm.embedded.read import verify_image
 from fastlkm.kbuild.bench import KERNEL_STRATEGIES, init_script, parse_guest, run_bench
 from fastlkm.kbuild.build import SOURCE_PACKAGE, KernelBuild, build_kernel, series
 from fastlkm.kbuild.qemu import INIT_HEAD, INIT_TAIL, busybox_initramfs, run_guest
 from fastlkm.kernel.signature import split_signature
-from fastlkm.loader.embedded import verify_image
 from fastlkm.loader.loader import load_order
-from fastlkm.lookup.sections import split_records
 from fastlkm.target import open_system
 from tests.conftest import skip_or_fail
 

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fastlkm.loader.scenario import export_tables
-from fastlkm.lookup.base import Counters, Table
-from fastlkm.lookup.sections import (
+from fastlkm.embedded.codec import (
     HASH_FUNCTIONS,
     STORABLE,
     decode,
@@ -24,6 +22,8 @@ from fastlkm.lookup.sections import (
     join_records,
     split_records,
 )
+from fastlkm.loader.scenario import export_tables
+from fastlkm.lookup.base import Counters, Table
 from fastlkm.lookup.strategies import STRATEGIES
 from fastlkm.target import open_system, shipped_snapshot
 from tests.conftest import skip_or_fail

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from fastlkm.depmod.modfiles import walk_modules as scan_modules
 from fastlkm.elf.reader import ElfFile
 from fastlkm.errors import FormatError
 from fastlkm.io.codecs import decompress_file
 from fastlkm.kernel.facts import License, Module
 from fastlkm.kernel.ksymtab import kmod_symbols, read_exports
-from fastlkm.kernel.modfiles import scan_modules
 from fastlkm.kernel.symvers import SymversEntry, parse_symvers
 from fastlkm.kernel.tree import find_tree, read_modules
 from tests.elf.elfbuild import (

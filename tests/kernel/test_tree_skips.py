@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from fastlkm.cli import main
-from fastlkm.kernel.modfiles import scan_modules
-from tests.outputs.test_depmod_cycles import dep_module
+from fastlkm.depmod.modfiles import walk_modules as scan_modules
+from tests.depmod.test_depmod_cycles import dep_module
 
 RELEASE = "6.0.0"
 ROOT_USER = os.geteuid() == 0

@@ -13,12 +13,12 @@ import pytest
 
 from fastlkm.cli import main
 from fastlkm.elf.reader import ElfFile
+from fastlkm.embedded.codec import HEADER_SIZE, decode
+from fastlkm.embedded.postprocess import HashOptions, process_image
+from fastlkm.embedded.read import embedded_tables
 from fastlkm.errors import FormatError
-from fastlkm.loader.embedded import embedded_tables
-from fastlkm.lookup.sections import HEADER_SIZE, decode
-from fastlkm.outputs.postlink import HashOptions, process_image
+from tests.embedded.test_embedded import _section
 from tests.kernel.test_ksymtab import Exp, build_module
-from tests.loader.test_embedded import _section
 
 
 @pytest.fixture(autouse=True)

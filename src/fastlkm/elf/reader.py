@@ -27,6 +27,7 @@ from fastlkm.elf.structs import (
     SHT_RELA,
     SHT_SYMTAB,
     Layout,
+    Shdr,
 )
 from fastlkm.errors import FormatError
 
@@ -96,8 +97,11 @@ class ElfFile:
         lay = self.layout
         if size < lay.ehdr.size:
             raise FormatError("truncated ELF header", path, 0)
-        (_, self.e_type, self.machine, _, self.entry, _, shoff, self.flags, _, _, _,
-         shentsize, shnum, shstrndx) = lay.ehdr.unpack_from(data, 0)
+        ehdr = lay.read_ehdr(data)
+        self.e_type, self.machine, self.entry, self.flags = \
+            ehdr.type, ehdr.machine, ehdr.entry, ehdr.flags
+        shoff, shentsize, shnum, shstrndx = ehdr.shoff, ehdr.shentsize, ehdr.shnum, \
+            ehdr.shstrndx
         self.sections: list[Section] = []
         if shoff == 0:
             return  # no section headers: an image without them (stripped of everything)
@@ -110,22 +114,22 @@ class ElfFile:
             # extended numbering: the real values live in section header 0
             h0 = self._shdr(shoff, 0)
             if shnum == 0:
-                shnum = h0[5]
+                shnum = h0.size
             if shstrndx == SHN_XINDEX:
-                shstrndx = h0[6]
+                shstrndx = h0.link
         if shoff + shnum * shentsize > size:
             raise FormatError(f"{shnum} section headers do not fit in the file", path, shoff)
         raw = [self._shdr(shoff, i) for i in range(shnum)]
         for i, h in enumerate(raw):
-            if h[1] != SHT_NOBITS and (h[4] > size or h[4] + h[5] > size):
+            if h.type != SHT_NOBITS and (h.offset > size or h.offset + h.size > size):
                 raise FormatError(f"section {i} lies beyond end of file", path,
                                   shoff + i * shentsize)
         names = b""
         if 0 < shstrndx < shnum:
             h = raw[shstrndx]
-            names = data[h[4]:h[4] + h[5]]
+            names = data[h.offset:h.offset + h.size]
         for i, h in enumerate(raw):
-            name_off = h[0]
+            name_off = h.name
             name = ""
             if name_off:
                 if name_off >= len(names):
@@ -137,8 +141,8 @@ class ElfFile:
         for s in self.sections:
             self._by_name.setdefault(s.name, s)
 
-    def _shdr(self, shoff: int, i: int) -> tuple[int, ...]:
-        return self.layout.shdr.unpack_from(self.data, shoff + i * self.layout.shdr.size)
+    def _shdr(self, shoff: int, i: int) -> Shdr:
+        return self.layout.read_shdr(self.data, shoff + i * self.layout.shdr.size)
 
     def error(self, message: str, offset: int | None = None) -> FormatError:
         return FormatError(message, self.path, offset)

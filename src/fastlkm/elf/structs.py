@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 ELFMAG = b"\x7fELF"
 ELFCLASS32, ELFCLASS64 = 1, 2
@@ -48,6 +49,40 @@ MACHINE_NAMES = {
 }
 
 
+class Ehdr(NamedTuple):
+    """The ELF header (Elf32_Ehdr / Elf64_Ehdr), field by field."""
+
+    ident: bytes
+    type: int
+    machine: int
+    version: int
+    entry: int
+    phoff: int
+    shoff: int
+    flags: int
+    ehsize: int
+    phentsize: int
+    phnum: int
+    shentsize: int
+    shnum: int
+    shstrndx: int
+
+
+class Shdr(NamedTuple):
+    """A section header (Elf32_Shdr / Elf64_Shdr), field by field."""
+
+    name: int
+    type: int
+    flags: int
+    addr: int
+    offset: int
+    size: int
+    link: int
+    info: int
+    addralign: int
+    entsize: int
+
+
 @dataclass(frozen=True, slots=True)
 class Layout:
     """The struct formats of one ELF class and byte order."""
@@ -71,6 +106,12 @@ class Layout:
     @property
     def ptr_size(self) -> int:
         return 8 if self.is64 else 4
+
+    def read_ehdr(self, data: bytes) -> Ehdr:
+        return Ehdr._make(self.ehdr.unpack_from(data, 0))
+
+    def read_shdr(self, data: bytes, offset: int) -> Shdr:
+        return Shdr._make(self.shdr.unpack_from(data, offset))
 
 
 def _layout(elfclass: int, little: bool) -> Layout:

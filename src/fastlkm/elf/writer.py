@@ -31,6 +31,7 @@ from fastlkm.elf.structs import (
     SHT_PROGBITS,
     SHT_REL,
     SHT_RELA,
+    Shdr,
 )
 from fastlkm.errors import FormatError
 
@@ -62,8 +63,10 @@ class ElfWriter:
         self._buf: bytearray | None = None      # copied on the first in-place edit
         self._added: list[NewSection] = []
         self._removed: set[int] = set()
-        (_, _, _, _, _, self._phoff, self._shoff, _, _, self._phentsize, self._phnum,
-         self._shentsize, _, _) = self.lay.ehdr.unpack_from(elf.data, 0)
+        self._ehdr = self.lay.read_ehdr(elf.data)
+        self._phoff, self._shoff = self._ehdr.phoff, self._ehdr.shoff
+        self._phentsize, self._phnum = self._ehdr.phentsize, self._ehdr.phnum
+        self._shentsize = self._ehdr.shentsize
         self._shstrndx = self._shstrtab_index()
 
     # --- checks and helpers -----------------------------------------------------------
@@ -72,13 +75,12 @@ class ElfWriter:
         return self.elf.error(message, offset)
 
     def _shstrtab_index(self) -> int:
-        e_shstrndx = self.lay.ehdr.unpack_from(self.elf.data, 0)[-1]
-        if e_shstrndx == SHN_XINDEX and self.elf.sections:
-            return self._raw_header(0)[6]
-        return e_shstrndx
+        if self._ehdr.shstrndx == SHN_XINDEX and self.elf.sections:
+            return self._raw_header(0).link   # extended numbering: in section header 0
+        return self._ehdr.shstrndx
 
-    def _raw_header(self, index: int) -> tuple[int, ...]:
-        return self.lay.shdr.unpack_from(self.elf.data, self._shoff + index * self._shentsize)
+    def _raw_header(self, index: int) -> Shdr:
+        return self.lay.read_shdr(self.elf.data, self._shoff + index * self._shentsize)
 
     def _buffer(self) -> bytearray:
         if self._buf is None:
@@ -167,31 +169,50 @@ class ElfWriter:
     # --- output -----------------------------------------------------------------------
 
     def build(self) -> bytes:
-        """The edited image."""
+        """The edited image: the kept contents, ``.shstrtab`` with the new names, the new
+        sections' data, then the section-header table and the ELF header pointing at it."""
         data = bytes(self._buf) if self._buf is not None else self.elf.data
         if not self._added and not self._removed:
             return data
         if not self.elf.sections:
             raise self._error("no section headers to extend")
         self._check_removal()
-        lay = self.lay
-        secs = self.elf.sections
-        shs = secs[self._shstrndx]
+        shs = self.elf.sections[self._shstrndx]
         if shs.type == SHT_NOBITS:
             raise self._error("the section-name table has no contents")
-        kept = [s for s in secs if s.index not in self._removed]
-        raw = [list(self._raw_header(s.index)) for s in kept]
+        kept = [s for s in self.elf.sections if s.index not in self._removed]
+        headers = [self._raw_header(s.index) for s in kept]
+        names, new_names = self._section_names(data, shs, headers)
+        out, shs_off = self._kept_contents(data, shs, kept)
+        out += names
+        i_shs = next(k for k, s in enumerate(kept) if s.index == shs.index)
+        headers[i_shs] = headers[i_shs]._replace(offset=shs_off, size=len(names))
+        headers += self._append_data(out, new_names)
+        self._append_headers(data, out, headers)
+        return bytes(out)
+
+    def _section_names(self, data: bytes, shs: Section, kept: list[Shdr]
+                       ) -> tuple[bytearray, list[int]]:
+        """``.shstrtab`` without the removed sections' names (appended last, cut off when
+        nothing kept uses them) and with the added ones; the offset of each added name."""
         names = bytearray(data[shs.offset:shs.offset + shs.size])
         if self._removed:
-            # the removed sections' names were appended last: cut them off when nothing
-            # kept uses them
-            cut = min(self._raw_header(i)[0] for i in self._removed)
-            if all(names.find(b"\0", h[0]) < cut for h in raw if h[0]):
+            cut = min(self._raw_header(i).name for i in self._removed)
+            if all(names.find(b"\0", h.name) < cut for h in kept if h.name):
                 del names[cut:]
         new_names = []
         for a in self._added:
             new_names.append(len(names))
             names += a.name.encode() + b"\0"
+        return names, new_names
+
+    def _kept_contents(self, data: bytes, shs: Section, kept: list[Section]
+                       ) -> tuple[bytearray, int]:
+        """The image up to where the new contents go, and where ``.shstrtab`` goes: its
+        old place when it ends the contents and the section-header table ends the file
+        (the table and the removed sections are dropped, to be written again), else after
+        everything (the old table left in place, unreferenced)."""
+        secs = self.elf.sections
 
         def end(s: Section) -> int:
             return s.offset + s.size
@@ -200,16 +221,14 @@ class ElfWriter:
             return s.type != SHT_NOBITS and s.size > 0
 
         # the end of everything kept but .shstrtab: headers, segments, contents
-        content_end = max([lay.ehdr.size, self._phoff + self._phnum * self._phentsize,
+        content_end = max([self.lay.ehdr.size, self._phoff + self._phnum * self._phentsize,
                            *(end(s) for s in kept if s.index != shs.index and has_data(s))])
-        if self._phnum:
-            for i in range(self._phnum):
-                ph = self._phdr(data, i)
-                content_end = max(content_end, ph[0] + ph[1])
+        for i in range(self._phnum):
+            p_offset, p_filesz = self._phdr(data, i)
+            content_end = max(content_end, p_offset + p_filesz)
         all_end = max([end(shs), *(end(s) for s in secs if has_data(s))])
-        sht_size = len(secs) * self._shentsize
-        sht_last = (self._shoff + sht_size == len(data) and self._shoff >= all_end
-                    and not any(data[all_end:self._shoff]))
+        sht_last = (self._shoff + len(secs) * self._shentsize == len(data)
+                    and self._shoff >= all_end and not any(data[all_end:self._shoff]))
         if self._removed:
             if not sht_last:
                 raise self._error("sections to remove are not at the end of the file")
@@ -217,44 +236,44 @@ class ElfWriter:
                                     if has_data(secs[i]))])
             if first < content_end:
                 raise self._error("sections to remove are followed by other contents")
-        if sht_last:
-            # drop the old table (and what removed sections held): rebuilt below
-            if shs.offset >= content_end:
-                out = bytearray(data[:shs.offset])
-                shs_off = shs.offset
-            else:
-                out = bytearray(data[:max(content_end, end(shs))])
-                shs_off = len(out)
-        else:
-            out = bytearray(data)
-            shs_off = len(out)
-        out += names
-        i_shs = next(k for k, s in enumerate(kept) if s.index == shs.index)
-        raw[i_shs][4], raw[i_shs][5] = shs_off, len(names)
+        if not sht_last:
+            return bytearray(data), len(data)
+        if shs.offset >= content_end:
+            return bytearray(data[:shs.offset]), shs.offset
+        out = bytearray(data[:max(content_end, end(shs))])
+        return out, len(out)
+
+    def _append_data(self, out: bytearray, new_names: list[int]) -> list[Shdr]:
+        """The added sections' data appended to *out*, each aligned; their headers."""
+        headers = []
         for a, name_off in zip(self._added, new_names, strict=True):
             off = _align(len(out), a.addralign) if a.type != SHT_NOBITS else len(out)
             out += bytes(off - len(out))
             if a.type != SHT_NOBITS:
                 out += a.data
-            raw.append([name_off, a.type, a.flags, 0, off, len(a.data), a.link, a.info,
-                        a.addralign, a.entsize])
+            headers.append(Shdr(name_off, a.type, a.flags, 0, off, len(a.data), a.link, a.info,
+                                a.addralign, a.entsize))
+        return headers
+
+    def _append_headers(self, data: bytes, out: bytearray, headers: list[Shdr]) -> None:
+        """The section-header table appended to *out* (aligned), and the ELF header
+        rewritten to point at it; past SHN_LORESERVE sections, the count and the name
+        table's index live in section header 0 (extended numbering)."""
+        lay = self.lay
         shoff = _align(len(out), 8 if lay.is64 else 4)
         out += bytes(shoff - len(out))
-        shnum = len(raw)
-        if shnum >= SHN_LORESERVE or self._shstrndx >= SHN_LORESERVE:
-            # extended numbering: the real values live in section header 0
-            raw[0][5] = shnum if shnum >= SHN_LORESERVE else 0
-            raw[0][6] = self._shstrndx if self._shstrndx >= SHN_LORESERVE else 0
-        else:
-            raw[0][5], raw[0][6] = 0, 0
-        for h in raw:
+        shnum = len(headers)
+        extended = shnum >= SHN_LORESERVE or self._shstrndx >= SHN_LORESERVE
+        headers[0] = headers[0]._replace(
+            size=shnum if extended and shnum >= SHN_LORESERVE else 0,
+            link=self._shstrndx if extended and self._shstrndx >= SHN_LORESERVE else 0)
+        for h in headers:
             out += lay.shdr.pack(*h)
-        ehdr = list(lay.ehdr.unpack_from(data, 0))
-        ehdr[6] = shoff
-        ehdr[12] = 0 if shnum >= SHN_LORESERVE else shnum
-        ehdr[13] = SHN_XINDEX if self._shstrndx >= SHN_LORESERVE else self._shstrndx
+        ehdr = lay.read_ehdr(data)._replace(
+            shoff=shoff,
+            shnum=0 if shnum >= SHN_LORESERVE else shnum,
+            shstrndx=SHN_XINDEX if self._shstrndx >= SHN_LORESERVE else self._shstrndx)
         out[:lay.ehdr.size] = lay.ehdr.pack(*ehdr)
-        return bytes(out)
 
     def _phdr(self, data: bytes, i: int) -> tuple[int, int]:
         """(p_offset, p_filesz) of program header *i*."""

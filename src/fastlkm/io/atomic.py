@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-# the temporary files below: ".NAME." + 8 random hex digits + ".tmp"; a scanner never takes
+# the temporary files below: ".NAME." + 8 random hex digits + ".tmp"; a module walk never takes
 # them for modules (they end in .tmp) and clean_temporaries() removes them (older ones
 # had mkstemp's 8 characters of [a-z0-9_])
 _TEMPORARY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")

@@ -1,10 +1,9 @@
-"""A persistent cache under ``$XDG_CACHE_HOME/fastlkm`` (default ``~/.cache/fastlkm``).
-
-Two levels, both keyed by what the files are, so that a changed module is never served
-stale: per module file its facts, keyed by (size, mtime, ctime, inode, device); and per
-depmod run its output files, keyed by every module file's key, the configuration and the
-options.  A cache file that cannot be read is a miss, never an
-error; writes are atomic.
+"""A persistent cache under ``$XDG_CACHE_HOME/fastlkm`` (default ``~/.cache/fastlkm``):
+values stored per kind and directory (:func:`load_value`, :func:`save_value`), and the
+facts read from a directory's files, each served only while its file is unchanged, by
+(size, mtime, ctime, inode, device) (:class:`FactsCache`).  A cache file that cannot be
+read is a miss, never an error; writes are atomic.  (depmod's use of it:
+fastlkm.depmod.cache.)
 """
 
 from __future__ import annotations
@@ -43,14 +42,14 @@ def file_key(path: str) -> FileKey | None:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
-def _name(kind: str, ident: str) -> Path:
+def cache_file(kind: str, ident: str) -> Path:
     """One file per kind and directory: its name readable, its CRC for uniqueness (the
     directory itself is stored inside and checked on load)."""
     tail = re.sub(r"[^A-Za-z0-9.+-]+", "_", ident)[-48:]
     return cache_dir() / f"{kind}-{zlib.crc32(ident.encode()):08x}-{tail}{SUFFIX}"
 
 
-def _load(path: Path) -> object | None:
+def load_value(path: Path) -> object | None:
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -61,7 +60,7 @@ def _load(path: Path) -> object | None:
         return None
 
 
-def _save(path: Path, value: object) -> None:
+def save_value(path: Path, value: object) -> None:
     with contextlib.suppress(OSError, ValueError):
         data = HEADER + marshal.dumps(value)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,8 +73,8 @@ class FactsCache:
     by file path; a value is served only while its file's key is unchanged."""
 
     def __init__(self, ident: str):
-        self.path = _name("facts", ident)
-        loaded = _load(self.path)
+        self.path = cache_file("facts", ident)
+        loaded = load_value(self.path)
         self.ident = ident
         self.entries: dict[str, tuple[FileKey, Any]] = \
             loaded[1] if isinstance(loaded, tuple) and len(loaded) == 2 and \
@@ -98,24 +97,4 @@ class FactsCache:
     def save(self) -> None:
         """Keep what this run saw (files gone from the tree drop out)."""
         if self.fresh != self.entries:
-            _save(self.path, (self.ident, self.fresh))
-
-
-def outputs_key(parts: list[object]) -> bytes:
-    """What a run's outputs depend on (plain values: strings, numbers, tuples, lists,
-    None), as one comparable value, kept whole, not hashed: a digest would cost more to
-    compute than the comparison.  marshal version 2 writes no back-references, so equal
-    values always give equal bytes (and equal bytes always mean equal values)."""
-    return marshal.dumps(parts, 2)
-
-
-def load_outputs(ident: str, key: str | bytes) -> dict[str, bytes] | None:
-    got = _load(_name("outputs", ident))
-    if isinstance(got, tuple) and len(got) == 3 and got[0] == ident and got[1] == key \
-            and isinstance(got[2], dict):
-        return got[2]
-    return None
-
-
-def save_outputs(ident: str, key: str | bytes, files: dict[str, bytes]) -> None:
-    _save(_name("outputs", ident), (ident, key, files))
+            save_value(self.path, (self.ident, self.fresh))

@@ -11,12 +11,13 @@ one more 8 MiB block to tell an oversized block from a corrupt one).
 from __future__ import annotations
 
 import bz2
+import contextlib
 import io
 import lzma
 import os
 import stat
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, BinaryIO, NamedTuple
 
@@ -52,6 +53,22 @@ def set_max_decompressed(size: int) -> None:
 def max_decompressed() -> int:
     """The cap a decoder uses when its caller names none."""
     return _run_limit
+
+
+@contextlib.contextmanager
+def decompression_cap(size: int | None) -> Iterator[None]:
+    """Within the block, cap every decoder whose caller names no limit at *size* bytes
+    (None: the cap as it is); the cap before is restored after it.  Worker processes
+    forked within inherit it."""
+    if size is None:
+        yield
+        return
+    before = _run_limit
+    set_max_decompressed(size)
+    try:
+        yield
+    finally:
+        set_max_decompressed(before)
 
 # The decoders' dictionaries may be as large as their headers claim; never allow more than this
 # (or the output cap, when larger), so a forged header cannot make liblzma allocate gigabytes.

@@ -353,7 +353,7 @@ def _check_config(dot_config: Path, fragment: bytes) -> None:
 
 
 def _hash_modules(moddir: Path, key: Path) -> None:
-    from fastlkm.outputs.postlink import HashOptions, hash_paths
+    from fastlkm.embedded.postprocess import HashOptions, hash_paths
 
     opts = HashOptions(style="all", undef_hash=True, sign_key=str(key), sign_cert=str(key))
     outcomes, errors = hash_paths([str(moddir / "kernel")], opts)

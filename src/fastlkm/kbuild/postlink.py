@@ -23,11 +23,11 @@ from pathlib import Path
 
 from fastlkm.elf.reader import ElfFile
 from fastlkm.elf.structs import SHT_PROGBITS
+from fastlkm.embedded.codec import RECORD_ALIGN, STORABLE, encode_index, join_records
 from fastlkm.errors import FormatError
 from fastlkm.io.atomic import atomic_write
 from fastlkm.kernel.ksymtab import read_exports
 from fastlkm.loader.scenario import export_tables
-from fastlkm.lookup.sections import RECORD_ALIGN, STORABLE, encode_index, join_records
 from fastlkm.lookup.strategies import STRATEGIES
 
 SECTION = "__ksymtab_htables"
@@ -45,6 +45,10 @@ class Filled:
     used: int                   # bytes of the section used
     room: int                   # bytes reserved by the linker script
     entries: tuple[int, ...]    # per table of TABLES
+
+    def text(self) -> str:
+        return (f"fastlkm: {self.path}: {SECTION}: {self.used} of {self.room} bytes for "
+                f"{' + '.join(map(str, self.entries))} exports")
 
 
 def _pad(b: bytes) -> bytes:

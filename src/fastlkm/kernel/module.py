@@ -16,11 +16,12 @@ from fastlkm.errors import FastlkmError
 from fastlkm.io.codecs import decompress_file
 from fastlkm.kernel.facts import Import, Module
 from fastlkm.kernel.ksymtab import kmod_symbols, read_exports
-from fastlkm.kernel.modfiles import modname
 from fastlkm.kernel.modinfo import read_modinfo
+from fastlkm.kernel.modname import modname
 from fastlkm.kernel.modversions import read_versions
+from fastlkm.kernel.signature import MODULE_SIG_STRING
 
-MODULE_SIG_STRING = b"~Module signature appended~\n"
+
 def parse_module(data: bytes, path: str, relpath: str | None = None) -> Module:
     """Decode the facts of one (decompressed) module image."""
     signed = data.endswith(MODULE_SIG_STRING)

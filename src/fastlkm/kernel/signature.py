@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import struct
-import subprocess
-import tempfile
 
 from fastlkm.errors import FormatError, UsageError
 
@@ -43,6 +41,9 @@ def sign(image: bytes, key: str, cert: str, hash_algo: str = "sha256") -> bytes:
     """*image* with a signature appended as the kernel's scripts/sign-file writes it:
     a detached CMS message in DER without certificates or signed attributes, signed
     with *key* for the X.509 certificate *cert* (both PEM), by ``openssl cms``."""
+    import subprocess
+    import tempfile
+
     for what, f in (("key", key), ("certificate", cert)):
         if not os.path.isfile(f):
             raise UsageError(f"signing {what} not found", f)

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastlkm.elf.reader import ElfFile
-from fastlkm.errors import FastlkmError, FormatError, NotFoundError
+from fastlkm.errors import FastlkmError, FormatError, NotFoundError, result_or_error
 from fastlkm.io.codecs import decompress_file
 from fastlkm.kernel.facts import Export, Kernel, Module
 from fastlkm.kernel.kconfig import parse_config
 from fastlkm.kernel.ksymtab import read_exports
-from fastlkm.kernel.modfiles import MODULE_DIRS
+from fastlkm.kernel.modname import MODULE_DIRS
 from fastlkm.kernel.module import read_module
 from fastlkm.kernel.symvers import parse_symvers, vmlinux_exports
 from fastlkm.kernel.sysmap import is_stub, parse_system_map
@@ -268,12 +268,7 @@ def compare_exports(a: list[Export] | tuple[Export, ...], b: list[Export] | tupl
 
 def _read_one(args: tuple[str, str]) -> Module | FastlkmError:
     path, rel = args
-    try:
-        return read_module(path, rel)
-    except FastlkmError as e:
-        return e
-    except (ValueError, IndexError, KeyError, OverflowError) as e:
-        return FormatError(f"malformed module ({type(e).__name__}: {e})", path)
+    return result_or_error(lambda: read_module(path, rel), path, "module")
 
 
 def read_modules(moddir: Path, relpaths: list[str], jobs: int | None = None,
@@ -287,7 +282,7 @@ def read_module_files(args: list[tuple[str, str]], jobs: int | None = None,
                       progress: Callable[[int], None] | None = None
                       ) -> tuple[list[Module], list[FastlkmError]]:
     """Read (path, shown path) module files in parallel on the machine's cores; errors are
-    returned, not raised.  (depmod reads less, faster: kernel/scan.py.)"""
+    returned, not raised.  (depmod reads less, faster: depmod/scan.py.)"""
     jobs = jobs or os.cpu_count() or 1
     if jobs <= 1 or len(args) < 16:
         done = list(map(_read_one, args))

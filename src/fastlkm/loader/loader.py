@@ -152,6 +152,12 @@ class Loader:
     def find_symbol(self, name: str, gplok: bool) -> tuple[LoadedModule | None, Export] | None:
         return self.search.find(name, gplok)
 
+    def modprobe(self, modules: list[Module], wanted: list[str] | None = None
+                 ) -> list[LoadResult]:
+        """Load *wanted* (default: all of *modules*) with their dependencies, each after
+        what it needs, as modprobe inserts them (load_order()); a result per load."""
+        return [self.load(m) for m in load_order(modules, wanted, self.kernel)]
+
     # --- load_module ------------------------------------------------------------------
 
     def load(self, module: Module) -> LoadResult:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fastlkm.kernel.facts import Export, Kernel, License, Module
-from fastlkm.loader.loader import DictSearch, LoadedModule, Loader, LoadResult, load_order
+from fastlkm.loader.loader import DictSearch, LoadedModule, Loader, LoadResult
 from fastlkm.lookup.base import GPL_ONLY, NOT_GPL_ONLY, PER_ENTRY, Table
 from fastlkm.lookup.replay import LOAD, LOOKUP, UNLOAD, Event
 
@@ -104,6 +104,6 @@ def record(kernel: Kernel, modules: list[Module], wanted: list[str] | None = Non
     """Load *wanted* (default: all) with their dependencies and record the lookups."""
     search = RecordingSearch(kernel)
     loader = Loader(kernel, search)
-    results = [loader.load(m) for m in load_order(modules, wanted, kernel)]
+    results = loader.modprobe(modules, wanted)
     return Scenario(kernel.release, export_tables(kernel.exports, -1, kernel.modversions),
                     search.tables, search.names, search.events, results)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 def elf_hash(name: bytes) -> int:
     """The gABI ELF hash (SysV .hash sections, elf_hash() in glibc's dl-hash.h)."""
@@ -36,3 +38,17 @@ def mix32(h: int) -> int:
 
 
 HASHES = {"elf": elf_hash, "djb": djb_hash}
+
+# the ids of the hash functions, shared by the stored tables (fastlkm.embedded.codec) and
+# the native engine (_native.c's hash kinds)
+HASH_NONE, HASH_ELF, HASH_DJB = 0, 1, 2
+HASH_FUNCTIONS: dict[int, Callable[[bytes], int] | None] = {
+    HASH_NONE: None, HASH_ELF: elf_hash, HASH_DJB: djb_hash}
+
+
+def hash_id(fn: Callable[[bytes], int] | None) -> int:
+    """The id of hash function *fn* (HASH_NONE for None); ValueError for another one."""
+    for k, f in HASH_FUNCTIONS.items():
+        if f is fn:
+            return k
+    raise ValueError(f"no id for hash function {fn!r}: elf_hash and djb_hash only")

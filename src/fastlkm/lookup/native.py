@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from itertools import accumulate
 
 from fastlkm.lookup.base import PER_ENTRY, Counters, Table
-from fastlkm.lookup.hashes import djb_hash, elf_hash
+from fastlkm.lookup.hashes import hash_id
 from fastlkm.lookup.replay import LOAD, LOOKUP, UNLOAD, Event, Result
-from fastlkm.lookup.space import GlobalSpace
+from fastlkm.lookup.space import global_buckets, global_memory
 from fastlkm.lookup.strategies import Strategy, TableIndex, index_width
 
 try:
@@ -50,7 +50,6 @@ except ImportError:  # pragma: no cover - built without a C compiler
     _native = None
 
 KINDS = {"linear": 0, "bsearch": 1, "sysv": 2, "gnu": 3, "perfect": 4, "global": 5}
-HASH_NONE, HASH_ELF, HASH_DJB = 0, 1, 2
 
 
 def available() -> bool:
@@ -81,16 +80,6 @@ class Packed:
     lookups: int
     memory: int
     build_s: float               # seconds spent building the layouts
-
-
-def _hash_kind(strategy: Strategy) -> int:
-    if strategy.hash is None:
-        return HASH_NONE
-    if strategy.hash is elf_hash:
-        return HASH_ELF
-    if strategy.hash is djb_hash:
-        return HASH_DJB
-    raise ValueError(f"{strategy.name}: the native engine knows elf_hash and djb_hash only")
 
 
 def _cstrings(names: list[bytes]) -> tuple[bytes, array]:
@@ -195,29 +184,20 @@ def _global_memory(vmlinux: list[Table], modules: dict[int, list[Table]],
                    events: list[Event]) -> int:
     """Replay.memory of ``global``: GlobalSpace's peak, from its counts alone."""
     nbuckets, count, owned = 1, 0, {}
-
-    def grow(need: int) -> None:
-        nonlocal nbuckets
-        while nbuckets < need:
-            nbuckets *= 2
-
-    def size() -> int:
-        return GlobalSpace.NODE_SIZE * count + 4 * nbuckets
-
-    grow(sum(len(t.names) for t in vmlinux))
+    nbuckets = global_buckets(nbuckets, sum(len(t.names) for t in vmlinux))
     for t in vmlinux:
-        grow(count + len(t.names))
+        nbuckets = global_buckets(nbuckets, count + len(t.names))
         count += len(t.names)
-    peak = size()
+    peak = global_memory(count, nbuckets)
     for ev in events:
         if ev.op == LOAD:
             n = 0
             for t in modules[ev.owner]:
-                grow(count + len(t.names))
+                nbuckets = global_buckets(nbuckets, count + len(t.names))
                 count += len(t.names)
                 n += len(t.names)
             owned[ev.owner] = n
-            peak = max(peak, size())
+            peak = max(peak, global_memory(count, nbuckets))
         elif ev.op == UNLOAD:
             count -= owned.pop(ev.owner, 0)
     return peak
@@ -228,7 +208,7 @@ def pack(strategy: Strategy, vmlinux: list[Table], modules: dict[int, list[Table
     """Build every table's layout once and pack the session for the engine."""
     if strategy.kind not in KINDS:
         raise ValueError(f"{strategy.name}: no native engine for layout {strategy.kind!r}")
-    _hash_kind(strategy)
+    hash_id(strategy.hash)
     loaded = {ev.owner for ev in events if ev.op == LOAD}
     owners = sorted(loaded | {ev.owner for ev in events if ev.op == UNLOAD})
     slot = {o: k for k, o in enumerate(owners)}
@@ -297,7 +277,7 @@ def run_packed(p: Packed, *, repeats: int = 5, precomputed: bool = True) -> Nati
     res_table = array("i", bytes(4 * p.lookups))
     res_index = array("I", bytes(4 * p.lookups))
     counts, ns_runs, ns_update = _native.replay(
-        KINDS[p.strategy.kind], _hash_kind(p.strategy), precomputed, repeats, p.nvmlinux,
+        KINDS[p.strategy.kind], hash_id(p.strategy.hash), precomputed, repeats, p.nvmlinux,
         *p.buffers, res_table, res_index)
     where = [(t.owner, t.name) for t in p.tables]
     results: list[Result] = [None if tid < 0 else (*where[tid], i)

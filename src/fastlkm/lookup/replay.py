@@ -51,7 +51,7 @@ def copy_tables(vmlinux: list[Table], modules: dict[int, list[Table]]
 def replay(strategy: Strategy, vmlinux: list[Table], modules: dict[int, list[Table]],
            events: list[Event], sample: int = 1, precomputed: bool = True) -> Replay:
     """Run *events* through *strategy*; only every *sample*-th lookup is performed (the
-    pure-Python engine is too slow for every linear scan of a 4,000-module session).
+    pure-Python engine is too slow for every linear search of a 4,000-module session).
     With *precomputed*, names' hashes come from the build (Amoroso's .undef.hash)."""
     vm, mods = copy_tables(vmlinux, modules)
     space = make_space(strategy, vm)

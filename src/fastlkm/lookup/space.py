@@ -60,6 +60,19 @@ class SymbolSpace:
         return None
 
 
+def global_buckets(nbuckets: int, need: int) -> int:
+    """``global``'s bucket count after it grows to hold *need* nodes: doubled until at
+    least *need*."""
+    while nbuckets < need:
+        nbuckets *= 2
+    return nbuckets
+
+
+def global_memory(count: int, nbuckets: int) -> int:
+    """``global``'s memory: 16-byte nodes and 4-byte buckets."""
+    return GlobalSpace.NODE_SIZE * count + 4 * nbuckets
+
+
 class GlobalSpace:
     """``global``: one chained hash table over every loaded export, as a kernel would keep
     it beside the module list.  Nodes are {hash, next, entry} (16 bytes: the entry is a
@@ -89,12 +102,10 @@ class GlobalSpace:
 
     @property
     def memory(self) -> int:
-        return self.NODE_SIZE * self.count + 4 * self.nbuckets
+        return global_memory(self.count, self.nbuckets)
 
     def _grow(self, need: int) -> None:
-        nb = self.nbuckets
-        while nb < need:
-            nb *= 2
+        nb = global_buckets(self.nbuckets, need)
         if nb == self.nbuckets:
             return
         self.nbuckets = nb

@@ -1,0 +1,128 @@
+"""Which module files a modules directory holds, as depmod walks it, and the files beside
+them it reads.  Light on purpose: a warm ``fastlkm depmod`` needs nothing else."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from fastlkm.depmod.config import DepmodConfig
+from fastlkm.errors import FastlkmError, NotFoundError
+from fastlkm.kernel.modname import MODULE_DIRS, is_module_path, modname
+
+
+def release_dir(basedir: str | None, version: str | None) -> Path:
+    """The modules directory depmod works on: ``BASEDIR/lib/modules/VERSION`` or
+    ``BASEDIR/usr/lib/modules/VERSION`` (as depmod's -b)."""
+    release = version or os.uname().release   # platform.release(), without importing it
+    root = Path(basedir) if basedir else Path("/")
+    for d in MODULE_DIRS:
+        if (root / d / release).is_dir():
+            return root / d / release
+    raise NotFoundError(f"no modules directory for {release}",
+                        str(root / "lib/modules" / release))
+
+
+EXCLUDED_DIRS = frozenset({".", "..", "build", "source"})
+
+
+def walk_modules(moddir: Path, excludes: frozenset[str] = frozenset(),
+                 skipped: list[FastlkmError] | None = None) -> Iterator[str]:
+    """Module files under *moddir*, relative, depth-first in readdir order as depmod walks
+    them (depmod_modules_search_dir()); 'build' and 'source' are skipped, and a directory
+    seen before (a symlink loop) is not entered twice.  What cannot be read, a loop, and a
+    module name that is no regular file are appended to *skipped*, one error each."""
+    base = str(moddir)
+    yield from _walk_sub(base, base, excludes, {}, skipped if skipped is not None else [])
+
+
+def _walk_sub(d: str, base: str, excludes: frozenset[str],
+              seen: dict[tuple[int, int], str], skipped: list[FastlkmError]) -> Iterator[str]:
+    try:
+        st = os.stat(d)
+        entries = list(os.scandir(d))
+    except OSError as e:
+        skipped.append(FastlkmError(f"cannot read directory: {e.strerror or e}", d))
+        return
+    first = seen.setdefault((st.st_dev, st.st_ino), d)
+    if first != d:
+        # depmod would follow the link until it runs out of file descriptors
+        skipped.append(FastlkmError(f"symbolic link loop: the directory {first} again, "
+                                    "not entered", d))
+        return
+    prefix = d[len(base) + 1:] + "/" if d != base else ""
+    for e in entries:
+        if e.name in EXCLUDED_DIRS or e.name in excludes:
+            continue
+        try:
+            if e.is_dir():
+                yield from _walk_sub(e.path, base, excludes, seen, skipped)
+                continue
+            if not is_module_path(e.name):
+                continue
+            if e.is_file():
+                yield prefix + e.name
+                continue
+            why = ("dangling symbolic link" if e.is_symlink() and not os.path.exists(e.path)
+                   else "not a regular file")
+        except OSError as err:
+            why = f"cannot stat: {err.strerror or err}"
+        skipped.append(FastlkmError(why, e.path))
+
+
+def choose_modules(files: list[tuple[str, str | None]], config: DepmodConfig
+                   ) -> list[tuple[str, str | None]]:
+    """One file per module name, as depmod_modules_search_file() chooses between files of
+    the same name: *files* are (path, path relative to the modules directory or None) in
+    the order found; the config's overrides and search order decide."""
+    chosen: dict[str, tuple[str, str | None]] = {}
+    for path, rel in files:
+        name = modname(path)
+        old = chosen.get(name)
+        if old is not None and config.existing_wins((old[1], old[0]), (rel, path)):
+            continue
+        chosen[name] = (path, rel)
+    keep = set(chosen.values())
+    return [f for f in files if f in keep]
+
+
+def module_files(moddir: Path, config: DepmodConfig | None = None,
+                 skipped: list[FastlkmError] | None = None) -> list[tuple[str, str]]:
+    """The module files depmod takes: (full path, path as modules.dep names it: relative
+    to the modules directory, or absolute for an external directory); what the walk
+    skipped is appended to *skipped* (walk_modules())."""
+    config = config or DepmodConfig(searches=["updates"])
+    excludes = frozenset(config.excludes)
+    base = str(moddir).rstrip("/") + "/"   # strings, not Paths: a thousand joins add up
+    found: list[tuple[str, str | None]] = [
+        (base + r, r) for r in walk_modules(moddir, excludes, skipped)]
+    for ext in reversed(config.externals):   # depmod searches them in file order
+        d = Path(ext)
+        if d.is_dir():
+            eb = str(d).rstrip("/") + "/"
+            found += [(eb + r, None) for r in walk_modules(d, excludes, skipped)]
+    return [(p, rel if rel is not None else p) for p, rel in choose_modules(found, config)]
+
+
+def read_order(moddir: Path) -> list[str]:
+    """modules.order lines (relative paths of uncompressed names)."""
+    f = moddir / "modules.order"
+    if not f.is_file():
+        return []
+    return f.read_text(errors="replace").splitlines()
+
+
+def depfile_up_to_date(moddir: Path) -> bool:
+    """depfile_up_to_date(): is modules.dep at least as new as every module file?"""
+    try:
+        mtime = int((moddir / "modules.dep").stat().st_mtime)
+    except OSError:
+        return False
+    for rel in walk_modules(moddir):
+        try:
+            if int((moddir / rel).stat().st_mtime) > mtime:
+                return False
+        except OSError:
+            continue
+    return True

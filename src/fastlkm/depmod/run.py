@@ -1,0 +1,146 @@
+"""``fastlkm depmod``: one run of depmod, step by step as kmod's main() of depmod
+(tools/depmod.c): the quick check (-A), the configuration, the walk, the cached outputs
+of an unchanged tree, the modules read, depmod_load()'s computation, the outputs written
+(or shown, -n), the cache kept.
+
+Imports stay light until work is to be done: a warm run (every module file unchanged)
+needs the walk, the configuration and the outputs cache, nothing else.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+from pathlib import Path
+from typing import IO, NamedTuple
+
+from fastlkm.errors import EXIT_FAIL, EXIT_SKIPPED, CycleError, UsageError, warn_skipped
+
+
+class DepmodOptions(NamedTuple):
+    """depmod's options (depmod(8)), as ``fastlkm depmod`` takes them."""
+
+    basedir: str | None = None        # -b
+    version: str | None = None        # the release, or a snapshot file
+    output: str | None = None         # -o: write here instead of in place
+    show: bool = False                # -n: the text files to standard output
+    quick: bool = False               # -A
+    errsyms: bool = False             # -e
+    filesyms: str | None = None       # -F System.map
+    symvers: str | None = None        # -E Module.symvers
+    warn: bool = False                # -w
+    config: list[str] | None = None   # -C
+    kmod_compat: str | None = None    # "30", "34" or None
+    no_cache: bool = False
+    jobs: int | None = None
+
+
+def depmod(o: DepmodOptions, out: IO[bytes] | None = None, err: IO[str] | None = None
+           ) -> int:
+    """Run depmod; its messages go to *err* (standard error) as kmod's depmod words them,
+    -n writes to *out* (standard output).  The exit status: 0, EXIT_FAIL (a dependency
+    cycle, nothing written), EXIT_SKIPPED (files were skipped, each named on *err*)."""
+    # a run allocates a few hundred thousand objects that live until it ends: the cyclic
+    # collector would only walk them again and again
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _depmod(o, out, err or sys.stderr)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _names_snapshot(version: str | None) -> bool:
+    if version is None or not os.path.isfile(version):
+        return False
+    from fastlkm.snapshot import is_snapshot  # only for this rare form
+
+    return is_snapshot(version)
+
+
+def _depmod(o: DepmodOptions, out: IO[bytes] | None, err: IO[str]) -> int:
+    from fastlkm.depmod.cache import load_outputs, run_key, save_outputs
+    from fastlkm.depmod.config import load_config
+    from fastlkm.depmod.modfiles import depfile_up_to_date, module_files, read_order, release_dir
+    from fastlkm.depmod.write import write_outputs
+    from fastlkm.io.cache import file_key
+
+    moddir: Path | None = None
+    skipped: list = []
+    key = None
+    if not _names_snapshot(o.version):
+        moddir = release_dir(o.basedir, o.version)
+        if o.quick and depfile_up_to_date(moddir):
+            return 0
+        config = load_config(moddir.name, o.config)
+        files = module_files(moddir, config, skipped)
+        keys = None if o.no_cache else [file_key(p) for p, _ in files]
+        if keys is not None and not skipped and not (o.errsyms or o.warn):
+            key = run_key(str(moddir), files, keys, config,
+                          [o.kmod_compat, o.filesyms, o.symvers])
+            warm = None if o.show else load_outputs(str(moddir.resolve()), key)
+            if warm is not None:
+                write_outputs(Path(o.output) if o.output else moddir, warm)
+                return 0
+    from fastlkm.depmod.compute import build
+    from fastlkm.depmod.inputs import kernel_symbols, read_modules, snapshot_modules
+    from fastlkm.depmod.output import depmod_files
+
+    if moddir is not None:
+        modules, errors = read_modules(moddir, files, o.jobs, keys)
+        order = read_order(moddir)
+    else:
+        modules, order = snapshot_modules(o.version)  # type: ignore[arg-type]
+        errors = []
+    errors = skipped + errors
+    warn_skipped(errors, err)
+    if o.errsyms and not (o.filesyms or o.symvers):
+        err.write("depmod: WARNING: -e needs -E or -F\n")
+    kernel_syms = kernel_symbols(o.filesyms, o.symvers)
+    report: list[str] | None = [] if o.errsyms and kernel_syms is not None else None
+    try:
+        dm = build(modules, order, kernel_exports=kernel_syms,
+                   kmod_compat=o.kmod_compat is not None, report=report,
+                   check_symvers=o.symvers is not None,
+                   moddir=str(moddir) if moddir is not None else None)
+    except CycleError as e:
+        # as kmod's depmod: the cycles as errors, nothing written, status 1
+        _warnings(report or [], err)
+        for line in e.lines:
+            err.write(f"depmod: ERROR: {line}\n")
+        if not e.complete:
+            err.write("fastlkm: too many cycles: the list above stops early; the count is "
+                      "every module in a cycle\n")
+        return EXIT_FAIL
+    _warnings(report or [], err)
+
+    def beside(name: str) -> bytes | None:
+        f = moddir / name if moddir is not None else None
+        return f.read_bytes() if f is not None and f.is_file() else None
+
+    version = int(o.kmod_compat) if o.kmod_compat is not None else 34
+    outputs, warnings = depmod_files(dm, beside("modules.builtin"),
+                                     beside("modules.builtin.modinfo"), version)
+    _warnings(warnings, err)
+    status = EXIT_SKIPPED if errors else 0
+    if o.show:
+        # depmod -n writes the text files to standard output (indexes are binary)
+        stream = out or sys.stdout.buffer
+        for name, data in outputs.items():
+            if not name.endswith(".bin"):
+                stream.write(data)
+        return status
+    target = Path(o.output) if o.output else moddir
+    if target is None:
+        raise UsageError("a snapshot has no modules directory: give --output DIR")
+    write_outputs(target, outputs)
+    if key is not None and not errors and moddir is not None:
+        save_outputs(str(moddir.resolve()), key, outputs)
+    return status
+
+
+def _warnings(lines: list[str], err: IO[str]) -> None:
+    for line in lines:
+        err.write(f"depmod: WARNING: {line}\n")
