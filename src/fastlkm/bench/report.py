@@ -29,21 +29,29 @@ def rows(b: BenchResult) -> list[list[str]]:
         upkeep = "-" if r.ns_update is None else f"{r.ns_update / 1e6:,.2f}"
         per_load = "-" if r.ns_per_load is None else f"{r.ns_per_load / 1e3:,.1f}"
         est = "~" if r.sampled > 1 else ""
+        runs = [x / r.lookups for x in r.ns_runs] if r.lookups else []
+        spread = f"{min(runs):,.0f}-{max(runs):,.0f}" if len(runs) > 1 else "-"
+        ratio = r.vs_bsearch_runs
+        vs_b = _x(r.vs_bsearch) if len(ratio) < 2 else \
+            f"{_x(r.vs_bsearch)} ({min(ratio):.1f}-{max(ratio):.1f})"
         out.append([
             r.name, f"{r.lookups:,}", f"{est}{c['strcmp']:,}", f"{est}{c['bytes_compared']:,}",
             f"{c['hashes']:,}", f"{r.memory:,}", f"{r.undef_hash:,}", f"{r.memory_per_export:.2f}",
-            f"{r.memory_pct:.1f}%", ns, total, upkeep, per_load, _pct_less(r.vs_linear),
-            _x(r.vs_linear),
-            _x(r.vs_bsearch), r.claim,
+            f"{r.memory_pct:.1f}%", ns, spread, total, upkeep, per_load,
+            _pct_less(r.vs_linear), _x(r.vs_linear), vs_b, r.claim,
         ])
     return out
 
 
 HEADERS = ["strategy", "lookups", "strcmp", "bytes cmp", "hashes", "mem added B", "undef.hash B",
-           "B/export", "% of tables", "ns/lookup", "total ms", "index upkeep ms",
+           "B/export", "% of tables", "ns/lookup", "rounds' spread", "total ms",
+           "index upkeep ms",
            "us/load all-in", "less than linear", "vs linear", "vs bsearch", "2009 claim"]
 # left-aligned columns: the strategy and the claim; "index upkeep" is inserting on load
-# and removing on unload, "all-in" the lookups and the upkeep per module loaded
+# and removing on unload, "all-in" the lookups and the upkeep per module loaded; the
+# times are the median of the rounds (strategies interleaved in each), the spread the
+# least and most ns/lookup of a round, and beside "vs bsearch" the least and most ratio
+# within one round
 _LEFT = (0, len(HEADERS) - 1)
 
 

@@ -53,6 +53,7 @@ class StrategyResult:
     sampled: int = 1                 # counts are from every sampled-th lookup, scaled
     vs_linear: float | None = None   # speed-up factor against linear (time)
     vs_bsearch: float | None = None
+    vs_bsearch_runs: list[float] = field(default_factory=list)   # per interleaved round
     claim: str = ""
 
     @property
@@ -237,7 +238,7 @@ def run_bench(system: System, scenario: str = "boot", strategies: list[str] | No
     exports = sum(len(t.names) for t in tables)
     own = sum(t.own_size() for t in tables)
     engine_native = use_native and native.available()
-    results: list[StrategyResult] = []
+    chosen: dict[str, Strategy] = {}
     for name in names:
         st = STRATEGIES[name]
         if embedded:
@@ -245,17 +246,21 @@ def run_bench(system: System, scenario: str = "boot", strategies: list[str] | No
                 st = _embedded(st)
             except ValueError as e:
                 raise UsageError(str(e)) from None
-        if progress:
-            progress(f"{name}: {len(lookups)} lookups")
-        if engine_native:
-            run = native.run(st, sc.vmlinux, sc.modules, sc.events, repeats=repeats)
+        chosen[name] = st
+    timed = _interleaved(chosen, sc, repeats, progress) if engine_native else {}
+    results: list[StrategyResult] = []
+    for name, st in chosen.items():
+        if name in timed:
+            run, ns_runs, update_runs = timed[name]
             _check(name, run.results, lookups)
             counters, memory, sampled = run.counters.as_dict(), run.memory, 1
-            ns_total, ns_runs = run.ns_total, run.ns_runs
-            ns_per = run.ns_per_lookup
-            ns_update: int | None = int(statistics.median(run.ns_update)) \
-                if run.ns_update else None
+            ns_total = int(statistics.median(ns_runs)) if ns_runs else 0
+            ns_per = ns_total / len(lookups) if lookups else 0.0
+            ns_update: int | None = int(statistics.median(update_runs)) \
+                if update_runs else None
         else:
+            if progress:
+                progress(f"{name}: {len(lookups)} lookups")
             sample = _py_sample(name, len(lookups), len(tables))
             rep = replay(st, sc.vmlinux, sc.modules, sc.events, sample=sample)
             _check(name, rep.results, lookups[::sample])
@@ -280,11 +285,39 @@ def run_bench(system: System, scenario: str = "boot", strategies: list[str] | No
                 r.vs_linear = by["linear"].ns_total / r.ns_total
             if "bsearch" in by and by["bsearch"].ns_total:
                 r.vs_bsearch = by["bsearch"].ns_total / r.ns_total
+                # the ratio within each round: how far one run's figure can move
+                r.vs_bsearch_runs = [b / x for b, x in zip(by["bsearch"].ns_runs, r.ns_runs,
+                                                           strict=True) if x]
     failures = sum(1 for r in sc.results if not r.ok)
     return BenchResult(system.kernel.release, system.origin, label, len(loaded),
                        len(lookups), exports, len(tables), own,
                        "native" if engine_native else "python (no timings)", machine(),
                        results, failures)
+
+
+def _interleaved(chosen: dict[str, Strategy], sc: Scenario, repeats: int,
+                 progress: Callable[[str], None] | None
+                 ) -> dict[str, tuple[native.NativeRun, list[int], list[int]]]:
+    """Every strategy in the native engine, the strategies interleaved: round r times
+    each once, starting from the r-th, so that a slow phase of a shared machine falls on
+    all of them alike.  Per strategy: its first run (counts and results), the lookup
+    time and the index upkeep of each round."""
+    packed = {}
+    for name, st in chosen.items():
+        if progress:
+            progress(f"{name}: packing {len(sc.events)} events")
+        packed[name] = native.pack(st, sc.vmlinux, sc.modules, sc.events)
+    names = list(chosen)
+    out: dict[str, tuple[native.NativeRun, list[int], list[int]]] = {}
+    for r in range(max(repeats, 1)):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            if progress:
+                progress(f"round {r + 1} of {repeats}: {name}")
+            run = native.run_packed(packed[name], repeats=1 if repeats else 0)
+            _, ns, upd = out.setdefault(name, (run, [], []))
+            ns += run.ns_runs
+            upd += run.ns_update
+    return out
 
 
 def _py_sample(name: str, lookups: int, tables: int) -> int:
