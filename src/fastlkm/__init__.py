@@ -34,6 +34,8 @@ _API = {
     "hash_files": "fastlkm.embedded.postprocess",
     "verify_files": "fastlkm.embedded.postprocess",
     "save_snapshot": "fastlkm.target",
+    "build_kernel": "fastlkm.kbuild.build",
+    "run_kernel_bench": "fastlkm.kbuild.bench",
     # the lookup strategies
     "STRATEGIES": "fastlkm.lookup.strategies",
     # limits and errors
@@ -44,7 +46,7 @@ _API = {
     "UsageError": "fastlkm.errors",
     "CycleError": "fastlkm.errors",
 }
-_RENAMED = {"run_depmod": "depmod"}   # the name inside its module
+_RENAMED = {"run_depmod": "depmod", "run_kernel_bench": "run_bench"}   # the name inside its module
 
 __all__ = ["__version__", *_API]
 
