@@ -88,5 +88,6 @@ def test_the_manifest_lists_marked_tests_only() -> None:
     """Every line of tests/required.txt names a corpus or qemu test, with its marks."""
     listed = required_tests.read_manifest()
     assert listed
-    assert all(set(m) <= {"corpus", "qemu"} and "corpus" in m for m in listed.values())
+    assert all(m and set(m) <= {"corpus", "qemu"} for m in listed.values())
+    assert any("corpus" in m for m in listed.values())
     assert any("qemu" in m for m in listed.values())
