@@ -65,8 +65,9 @@ class StrategyReport:
     kernel_hashes: int = 0            # per round: names hashed at run time (none stored)
     update_ns_per_load: float = 0.0   # global: inserts on load and removals on unload
     load_cost_ns: float = 0.0         # resolution + index upkeep, per module load
-    vmlinux_bytes: int = 0
-    module_bytes: int = 0
+    vmlinux_bytes: int = 0            # its tables in vmlinux
+    module_bytes: int = 0             # its tables in every module loaded at once
+    memory_bytes: int = 0             # in all (global: the most its table took)
     vs_linear: float | None = None
     vs_bsearch: float | None = None
 
@@ -113,7 +114,7 @@ class KernelReport:
                  f"{'strategy':9} {'ns/lookup':>10} {'spread':>15} {'lookups':>8} "
                  f"{'strcmp':>10} {'model strcmp':>12} {'equal':>5} {'vs linear':>9} "
                  f"{'vs bsearch':>10} {'load cost':>9} {'share':>6} {'mism':>4} "
-                 f"{'hashed':>6}"]
+                 f"{'hashed':>6} {'memory':>9}"]
         for s in self.strategies:
             lo, hi = (min(s.ns_per_lookup_rounds), max(s.ns_per_lookup_rounds)) \
                 if s.ns_per_lookup_rounds else (0, 0)
@@ -124,7 +125,8 @@ class KernelReport:
                 f"{s.kernel_lookups:8d} {s.kernel_strcmp:10d} {s.model_strcmp:12d} "
                 f"{'yes' if s.counts_equal else 'NO':>5} {vl:>9} {vb:>10} "
                 f"{s.load_cost_ns / 1000:8.0f}us {s.resolution_share:6.1%} "
-                f"{s.mismatches:4d} {s.kernel_hashes:6d}")
+                f"{s.mismatches:4d} {s.kernel_hashes:6d} "
+                f"{s.memory_bytes / 1024:7.0f}KiB")
         for name, claim in CLAIMS.items():
             s = next((x for x in self.strategies if x.name == name), None)
             if s is not None and s.vs_linear:
@@ -154,6 +156,8 @@ OK=""
 for m in $ORDER; do
     if insmod /modules/$m.ko 2>/dev/null; then OK="$m $OK"; else echo "@@NOLOAD $m" >&3; fi
 done
+echo "@@STATS 0 loaded" >&3
+cat {STATS} >&3
 LIST=""
 for m in $OK; do
     if rmmod $m 2>/dev/null; then LIST="$m $LIST"; else echo "@@STUCK $m" >&3; fi
@@ -309,6 +313,7 @@ def run_bench(rounds: int = 5, json_path: str | None = None,
     g = parse_guest(guest.results)
     model = model_counts(system, g.stuck, g.list)
     final = next(t for r, s, t in g.snapshots if r == "check")
+    loaded = next((t for r, s, t in g.snapshots if r == "0"), final)
     # what the two clock reads around each lookup add, measured by the kernel at boot
     clock = final.get("clock_ns", {}).get("value", 0)
     reports = []
@@ -338,7 +343,9 @@ def run_bench(rounds: int = 5, json_path: str | None = None,
             ns_per_lookup_rounds=ns,
             update_ns_per_load=update / loads if loads else 0.0,
             load_cost_ns=(total_ns + update) / loads if loads else 0.0,
-            vmlinux_bytes=final[s]["vmlinux_bytes"], module_bytes=last.get("module_bytes", 0),
+            vmlinux_bytes=final[s]["vmlinux_bytes"], module_bytes=loaded[s]["module_bytes"],
+            memory_bytes=final.get("global_peak_bytes", {}).get("value", 0)
+            if s == "global" else final[s]["vmlinux_bytes"] + loaded[s]["module_bytes"],
             kernel_chain_steps=last.get("chain_steps", 0), model_chain_steps=model[s][2],
             kernel_bloom_rejections=last.get("bloom_rejections", 0),
             model_bloom_rejections=model[s][3], kernel_hashes=last.get("hashes", 0)))
