@@ -21,6 +21,18 @@
 #include <string.h>
 #include <time.h>
 
+/*
+ * The hashes, mixes and ranges are the patched kernel's, from the lookup core both
+ * compile (ksymhash.h); its lookups take names from a plain array here.
+ */
+typedef uint8_t u8;
+typedef uint16_t u16;
+typedef uint32_t u32;
+typedef uint64_t u64;
+#define KSYMHASH_NAME(ctx, i) (((const char *const *)(ctx))[i])
+#define KSYMHASH_STRCMP(a, b) strcmp(a, b)
+#include "ksymhash.h"
+
 /* as the kernel's compiler_types.h; glibc's sys/cdefs.h may have it already */
 #ifndef __always_inline
 #if defined(__GNUC__)
@@ -122,48 +134,8 @@ static __always_inline int kstrcmp(const char *cs, const char *ct, const int cou
 	return 0;
 }
 
-/* the gABI ELF hash, as hashes.elf_hash() */
-static uint32_t elf_hash(const char *name)
-{
-	const unsigned char *s = (const unsigned char *)name;
-	uint32_t h = 0, g;
 
-	while (*s) {
-		h = (h << 4) + *s++;
-		g = h & 0xF0000000u;
-		if (g)
-			h ^= g >> 24;
-		h &= ~g;
-	}
-	return h;
-}
 
-/* Bernstein's h * 33 + c, as hashes.djb_hash() */
-static uint32_t djb_hash(const char *name)
-{
-	const unsigned char *s = (const unsigned char *)name;
-	uint32_t h = 5381;
-
-	while (*s)
-		h = h * 33 + *s++;
-	return h;
-}
-
-static uint32_t name_hash(int hashkind, const char *name)
-{
-	return hashkind == H_ELF ? elf_hash(name) : djb_hash(name);
-}
-
-/* murmur3's fmix32, as hashes.mix32() */
-static inline uint32_t mix32(uint32_t h)
-{
-	h ^= h >> 16;
-	h *= 0x85EBCA6Bu;
-	h ^= h >> 13;
-	h *= 0xC2B2AE35u;
-	h ^= h >> 16;
-	return h;
-}
 
 /*
  * x % d without a division, from m = 2^64 / d + 1 (Lemire's fastmod; the kernel's
@@ -189,17 +161,11 @@ static __always_inline uint64_t load64(const uint32_t *p)
 	return ((uint64_t)p[1] << 32) | p[0];
 }
 
-/* x scaled into [0, d) by one multiplication (Lemire's fastrange), as
- * strategies.fastrange(): the perfect strategy's map to buckets, slots and words */
-static __always_inline uint32_t fastrange(uint32_t x, uint32_t d)
-{
-	return (uint32_t)(((uint64_t)x * d) >> 32);
-}
 
 /* what a lookup computes once from the name's hash, for every table it visits */
 struct lkey {
 	uint32_t h;
-	uint32_t mixed;			/* perfect: mix32(h), the pilot bucket's key */
+	uint32_t mixed;			/* perfect: ksymhash_mix32(h), the pilot bucket's key */
 	uint32_t bloom_a;		/* perfect: its Bloom word's key */
 	uint64_t bloom_bits;		/* perfect: its two Bloom bits */
 };
@@ -210,9 +176,9 @@ static __always_inline void make_key(struct lkey *k, uint32_t h, const int kind)
 
 	k->h = h;
 	if (kind == K_PERFECT) {
-		k->mixed = mix32(h);
-		k->bloom_a = mix32(h ^ 0xA5A5A5A5u);
-		b = mix32(k->bloom_a);
+		k->mixed = ksymhash_mix32(h);
+		k->bloom_a = ksymhash_mix32(h ^ 0xA5A5A5A5u);
+		b = ksymhash_mix32(k->bloom_a);
 		k->bloom_bits = (1ULL << (b & 63)) | (1ULL << ((b >> 6) & 63));
 	}
 }
@@ -341,7 +307,7 @@ static __always_inline long find_gnu(const struct engine *e, const struct ktable
  * A Bloom filter and a PTHash-style perfect hash, one block per table: fallback, then the
  * bsearch layout when fallback is set, else nbuckets, nslots, seed, slot width, nwords,
  * the Bloom words, the u16 pilots, the slots (u16 or u32; all ones: empty); buckets,
- * slots and words are found by fastrange() of mixes computed once per lookup.
+ * slots and words are found by ksymhash_range() of mixes computed once per lookup.
  */
 static __always_inline long find_perfect(const struct engine *e, const struct ktable *t,
 					 const char *name, const struct lkey *k, const int count,
@@ -359,16 +325,16 @@ static __always_inline long find_perfect(const struct engine *e, const struct kt
 	nwords = lay[5];
 	bloom = lay + 6;
 	COUNT(c, bucket_steps);
-	if ((load64(bloom + 2 * fastrange(k->bloom_a, nwords)) & k->bloom_bits) != k->bloom_bits) {
+	if ((load64(bloom + 2 * ksymhash_range(k->bloom_a, nwords)) & k->bloom_bits) != k->bloom_bits) {
 		COUNT(c, bloom_rejections);
 		return NOT_FOUND;
 	}
 	pilots = bloom + 2 * nwords;
 	slots = pilots + (nbuckets + 1) / 2;
 	COUNT(c, bucket_steps);
-	p = load16(pilots, fastrange(k->mixed, nbuckets));
+	p = load16(pilots, ksymhash_range(k->mixed, nbuckets));
 	COUNT(c, chain_steps);
-	pos = fastrange(mix32(k->h ^ mix32(p + seed)), nslots);
+	pos = ksymhash_range(ksymhash_mix32(k->h ^ ksymhash_mix32(p + seed)), nslots);
 	if (lay[4] == 2) {
 		i = load16(slots, pos);
 		if (i == 0xFFFF)
@@ -634,7 +600,7 @@ static __always_inline void replay_events(struct engine *e, struct counters *c,
 				h = e->lhash[lk];
 			} else if (e->hashkind != H_NONE) {
 				COUNT(c, hashes);
-				h = name_hash(e->hashkind, name);
+				h = ksymhash_hash(e->hashkind, name);
 			} else {
 				h = 0;
 			}
@@ -880,7 +846,7 @@ static int setup_session(struct engine *e, Py_buffer *b)
 	if (e->precomputed && e->hashkind != H_NONE)	/* build time: .undef.hash */
 		for (n = 0, k = 0; n < e->nevents; n++)
 			if (e->events[3 * n] == EV_LOOKUP)
-				e->lhash[k++] = name_hash(e->hashkind,
+				e->lhash[k++] = ksymhash_hash(e->hashkind,
 							  e->lnames + e->events[3 * n + 1]);
 	return 0;
 }
@@ -928,7 +894,7 @@ static int setup_global(struct engine *e)
 		goto nomem;
 	/* each export's hash, as its module's build would store it */
 	for (i = 0; i < e->nentries; i++)
-		g->ehash[i] = name_hash(e->hashkind, e->strings + e->name_off[i]);
+		g->ehash[i] = ksymhash_hash(e->hashkind, e->strings + e->name_off[i]);
 	return 0;
 nomem:
 	PyErr_NoMemory();
