@@ -313,7 +313,9 @@ def _interleaved(chosen: dict[str, Strategy], sc: Scenario, repeats: int,
         for name in names[r % len(names):] + names[:r % len(names)]:
             if progress:
                 progress(f"round {r + 1} of {repeats}: {name}")
-            run = native.run_packed(packed[name], repeats=1 if repeats else 0)
+            # counts and results come from the first round; later ones only time
+            run = native.run_packed(packed[name], repeats=1 if repeats else 0,
+                                    count=name not in out)
             _, ns, upd = out.setdefault(name, (run, [], []))
             ns += run.ns_runs
             upd += run.ns_update

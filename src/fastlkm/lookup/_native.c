@@ -965,14 +965,14 @@ static PyObject *native_replay(PyObject *self, PyObject *args)
 	Py_ssize_t nvmlinux;
 	PyObject *ret = NULL;
 	uint64_t *runs = NULL;
-	int repeats, i;
+	int repeats, count, i;
 
 	(void)self;
 	memset(&e, 0, sizeof(e));
 	memset(&c, 0, sizeof(c));
 	memset(b, 0, sizeof(b));
-	if (!PyArg_ParseTuple(args, "iipiny*y*y*y*y*y*y*y*w*w*:replay", &e.kind,
-			      &e.hashkind, &e.precomputed, &repeats, &nvmlinux,
+	if (!PyArg_ParseTuple(args, "iippiny*y*y*y*y*y*y*y*w*w*:replay", &e.kind,
+			      &e.hashkind, &e.precomputed, &count, &repeats, &nvmlinux,
 			      &b[B_TABLES], &b[B_STRINGS], &b[B_NAME_OFF], &b[B_FLAGS],
 			      &b[B_LAYOUT], &b[B_MODS],
 			      &b[B_EVENTS], &b[B_LNAMES], &b[B_RES_TABLE], &b[B_RES_INDEX]))
@@ -1001,7 +1001,8 @@ static PyObject *native_replay(PyObject *self, PyObject *args)
 	}
 
 	Py_BEGIN_ALLOW_THREADS
-	replay_pass(&e, &c, 1);
+	if (count)
+		replay_pass(&e, &c, 1);
 	for (i = 0; i < repeats; i++) {
 		e.ns_lookup = e.ns_update = 0;
 		replay_pass(&e, NULL, 0);

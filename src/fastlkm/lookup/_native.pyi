@@ -2,10 +2,11 @@
 
 from typing_extensions import Buffer
 
-def replay(kind: int, hashkind: int, precomputed: bool, repeats: int, nvmlinux: int,
+def replay(kind: int, hashkind: int, precomputed: bool, count: bool, repeats: int,
+           nvmlinux: int,
            tables: Buffer, strings: Buffer, name_off: Buffer, flags: Buffer, layout: Buffer,
            modules: Buffer, events: Buffer, lnames: Buffer, res_table: Buffer,
            res_index: Buffer, /) -> tuple[tuple[int, ...], list[int], list[int]]:
-    """Replay a packed session once counting (filling *res_table* and *res_index*), then
-    *repeats* times timed: (counters, ns of each repeat's lookups, ns of each repeat's
-    LOAD/UNLOAD work)."""
+    """Replay a packed session once counting (filling *res_table* and *res_index*; with
+    *count* false, not: the counters are zero), then *repeats* times timed: (counters, ns
+    of each repeat's lookups, ns of each repeat's LOAD/UNLOAD work)."""

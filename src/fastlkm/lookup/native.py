@@ -270,14 +270,17 @@ def pack(strategy: Strategy, vmlinux: list[Table], modules: dict[int, list[Table
     return Packed(strategy, tuple(tables), len(vmlinux), buffers, nlookups, memory, build_s)
 
 
-def run_packed(p: Packed, *, repeats: int = 5, precomputed: bool = True) -> NativeRun:
-    """Replay a packed session: one counting pass, then *repeats* timed ones."""
+def run_packed(p: Packed, *, repeats: int = 5, precomputed: bool = True,
+               count: bool = True) -> NativeRun:
+    """Replay a packed session: one counting pass (unless not *count*: no counters and no
+    results), then *repeats* timed ones."""
     if _native is None:
         raise RuntimeError("the native engine (fastlkm.lookup._native) is not built")
     res_table = array("i", bytes(4 * p.lookups))
     res_index = array("I", bytes(4 * p.lookups))
     counts, ns_runs, ns_update = _native.replay(
-        KINDS[p.strategy.kind], hash_id(p.strategy.hash), precomputed, repeats, p.nvmlinux,
+        KINDS[p.strategy.kind], hash_id(p.strategy.hash), precomputed, count, repeats,
+        p.nvmlinux,
         *p.buffers, res_table, res_index)
     where = [(t.owner, t.name) for t in p.tables]
     results: list[Result] = [None if tid < 0 else (*where[tid], i)
