@@ -27,14 +27,13 @@ import shutil
 import struct
 import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
 
-from fastlkm.kbuild.qemu import BUSYBOX, CMDLINE, QEMU, newc_archive
+from fastlkm.kbuild.qemu import BUSYBOX, QEMU, GuestError, GuestTimeout, newc_archive, run_guest
 from tests.conftest import require_mark
 
 # include/linux/module_signature.h: the trailer of a signed module is
@@ -213,34 +212,14 @@ def boot_and_insmod(vmlinuz: Path, modules: Sequence[Path], *, timeout: float = 
     """
     require_mark("qemu", "QEMU")
     with tempfile.TemporaryDirectory(prefix="fastlkm-qemu-") as tmp:
-        initrd = Path(tmp) / "initrd.gz"
-        results = Path(tmp) / "results.txt"
         finit = build_finit_helper(Path(tmp)) if kernel_decompress else None
-        initrd.write_bytes(build_initramfs(modules, finit))
-        cmd = [
-            QEMU, "-accel", "tcg", "-cpu", "max", "-m", str(memory_mb),
-            "-kernel", str(vmlinuz), "-initrd", str(initrd), "-append", CMDLINE,
-            "-nographic", "-no-reboot", "-nic", "none",
-            "-serial", "stdio", "-serial", f"file:{results}", "-monitor", "none",
-        ]
-        start = time.monotonic()
-        with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT) as proc:
-            try:
-                out, _ = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, _ = proc.communicate()
-                console = out.decode(errors="replace")
-                raise QemuTimeout(f"guest still running after {timeout:g} s, killed; "
-                                  f"console tail:\n{console[-2000:]}") from None
-        seconds = time.monotonic() - start
-        console = out.decode(errors="replace")
-        if proc.returncode != 0:
-            raise QemuError(f"{QEMU} exited with {proc.returncode}:\n{console[-2000:]}")
-        text = results.read_bytes().decode(errors="replace") if results.exists() else ""
-        try:
-            verdicts, dmesg = parse_results(text, modules)
-        except QemuError as e:
-            raise QemuError(f"{e}\nconsole tail:\n{console[-2000:]}") from None
-    return BootResult(verdicts, dmesg, console, seconds)
+        initrd = build_initramfs(modules, finit)
+    try:
+        guest = run_guest(vmlinuz, initrd, timeout=timeout, memory_mb=memory_mb)
+    except GuestError as e:
+        raise (QemuTimeout if isinstance(e, GuestTimeout) else QemuError)(e.message) from None
+    try:
+        verdicts, dmesg = parse_results(guest.results, modules)
+    except QemuError as e:
+        raise QemuError(f"{e}\nconsole tail:\n{guest.console[-2000:]}") from None
+    return BootResult(verdicts, dmesg, guest.console, guest.seconds)

@@ -32,6 +32,10 @@ class GuestError(FastlkmError):
     """QEMU did not run the initramfs to its end."""
 
 
+class GuestTimeout(GuestError):
+    """The guest did not power off in time; QEMU was killed."""
+
+
 def newc_archive(entries: Sequence[Entry]) -> bytes:
     """A cpio archive in the "new ASCII" format the kernel unpacks (usr/gen_init_cpio.c)."""
     out = bytearray()
@@ -112,7 +116,7 @@ def run_guest(kernel: Path, initrd: bytes, *, append: str = "", timeout: float =
             except subprocess.TimeoutExpired:
                 proc.kill()
                 out, _ = proc.communicate()
-                raise GuestError(f"guest still running after {timeout:g} s, killed; "
+                raise GuestTimeout(f"guest still running after {timeout:g} s, killed; "
                                  f"console tail:\n{out.decode(errors='replace')[-2000:]}"
                                  ) from None
         seconds = time.monotonic() - start
