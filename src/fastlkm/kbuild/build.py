@@ -139,10 +139,8 @@ def series_digest(version: str) -> str:
 
 
 def build_key(version: str, config: bytes) -> str:
-    h = hashlib.sha256()
-    h.update(f"layout {LAYOUT}\nsource {version}\n".encode())
-    for p in series():
-        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    """The cache key of a build: the patched tree's digest and the configuration."""
+    h = hashlib.sha256(f"layout {LAYOUT}\n{series_digest(version)}\n".encode())
     h.update(config)
     return h.hexdigest()[:16]
 
@@ -387,14 +385,3 @@ def load_build(out: Path) -> KernelBuild:
     return KernelBuild(out, release, str(info["source_version"]), out / "bzImage",
                        out / "root/boot" / f"vmlinux-{release}",
                        out / "root/lib/modules" / release, out / "signing_key.pem", info)
-
-
-def cached_build(root: Path | None = None) -> KernelBuild | None:
-    """The build of the current series and configuration, if it exists (no download)."""
-    root = root or cache_root()
-    have = sorted((root / "src").glob(f"{SOURCE_PACKAGE}_*_all.deb"))
-    if not have:
-        return None
-    version = have[-1].name.split("_")[1]
-    out = root / build_key(version, (DATA / "fastlkm.config").read_bytes())
-    return load_build(out) if (out / "build.json").exists() else None
