@@ -64,7 +64,7 @@ def test_identical_to_kmod34(name: str, shadow: Shadow, kmod34: Path, tmp_path: 
     sh, moddir, release = shadow(name)
     subprocess.run([str(kmod34 / "depmod"), "-b", str(sh), release], check=True)
     out = tmp_path / "ours"
-    assert main(["depmod", "-b", str(sh), release, "--kmod-compat=34", "-o", str(out)]) == 0
+    assert main(["depmod", "-b", str(sh), release, "--kmod-compat=34", "--into", str(out)]) == 0
     _same_files(moddir, out)
 
 
@@ -162,7 +162,7 @@ def test_depmod_d_configuration_as_kmod(shadow: Shadow, tmp_path: Path) -> None:
                                   capture_output=True, text=True).stderr
         out = tmp_path / f"ours-{label}"
         assert main(["depmod", "-C", str(cfg), "-b", str(sh), release, "--kmod-compat=30",
-                     "-o", str(out)]) == 0
+                     "--into", str(out)]) == 0
         _same_files(moddir, out)
         assert "ERROR" not in kmod_err
         dep = (out / "modules.dep").read_text()

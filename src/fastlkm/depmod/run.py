@@ -19,11 +19,11 @@ from fastlkm.errors import EXIT_FAIL, EXIT_SKIPPED, CycleError, UsageError, warn
 
 
 class DepmodOptions(NamedTuple):
-    """depmod's options (depmod(8)), as ``fastlkm depmod`` takes them."""
+    """depmod's options (depmod(8) of kmod 34), as ``fastlkm depmod`` takes them."""
 
-    basedir: str | None = None        # -b
-    version: str | None = None        # the release, or a snapshot file
-    output: str | None = None         # -o: write here instead of in place
+    basedir: str | None = None        # -b: the root read (ROOT/MODULEDIR/VERSION)
+    version: str | None = None        # the release (default: uname -r), or a snapshot file
+    into: str | None = None           # --into: write the files into this directory
     show: bool = False                # -n: the text files to standard output
     quick: bool = False               # -A
     errsyms: bool = False             # -e
@@ -34,13 +34,21 @@ class DepmodOptions(NamedTuple):
     kmod_compat: str | None = None    # "30", "34" or None
     no_cache: bool = False
     jobs: int | None = None
+    moduledir: str | None = None      # -m: the module directory (default /lib/modules)
+    outdir: str | None = None         # -o: the output root (OUTDIR/MODULEDIR/VERSION)
+    symbol_prefix: str | None = None  # -P: a character the symbol names start with
+    verbose: int = 0                  # -v, once per -v
+    all: bool = False                 # -a (the default without module files)
+    files: list[str] | None = None    # module files, instead of every module (without -a)
+    sysroot: str | None = None        # --sysroot: as if run chrooted there
 
 
 def depmod(o: DepmodOptions, out: IO[bytes] | None = None, err: IO[str] | None = None
            ) -> int:
     """Run depmod; its messages go to *err* (standard error) as kmod's depmod words them,
-    -n writes to *out* (standard output).  The exit status: 0, EXIT_FAIL (a dependency
-    cycle, nothing written), EXIT_SKIPPED (files were skipped, each named on *err*)."""
+    -n and -v write to *out* (standard output).  The exit status: 0, EXIT_FAIL (a
+    dependency cycle, nothing written), EXIT_SKIPPED (files were skipped, each named on
+    *err*)."""
     # a run allocates a few hundred thousand objects that live until it ends: the cyclic
     # collector would only walk them again and again
     enabled = gc.isenabled()
@@ -60,31 +68,66 @@ def _names_snapshot(version: str | None) -> bool:
     return is_snapshot(version)
 
 
+def _check(o: DepmodOptions) -> None:
+    """What kmod's depmod refuses before it reads anything (its words)."""
+    from fastlkm.depmod.modfiles import is_version_number
+
+    if o.symbol_prefix is not None and len(o.symbol_prefix) != 1:
+        raise UsageError("-P only takes a single char")
+    if o.version is not None and not is_version_number(o.version) \
+            and not _names_snapshot(o.version):
+        raise UsageError(f"Bad version passed {o.version}")
+    if o.into is not None and o.outdir is not None:
+        raise UsageError("--into and -o/--outdir exclude each other")
+    for f in () if o.all else o.files or ():
+        if not f.startswith("/"):
+            raise UsageError(f"{f}: not absolute path.")
+
+
 def _depmod(o: DepmodOptions, out: IO[bytes] | None, err: IO[str]) -> int:
     from fastlkm.depmod.cache import load_outputs, run_key, save_outputs
-    from fastlkm.depmod.config import load_config
-    from fastlkm.depmod.modfiles import depfile_up_to_date, module_files, read_order, release_dir
+    from fastlkm.depmod.config import DEFAULT_PATHS, load_config
+    from fastlkm.depmod.modfiles import (
+        depfile_up_to_date,
+        depmod_dirs,
+        inside,
+        module_files,
+        read_order,
+    )
     from fastlkm.depmod.write import write_outputs
     from fastlkm.io.cache import file_key
 
+    _check(o)
+    sysroot = os.path.abspath(o.sysroot) if o.sysroot else ""
     moddir: Path | None = None
+    target: Path | None = Path(o.into) if o.into else None
+    shown: str | None = None
     skipped: list = []
     key = None
+    chosen = o.files if o.files and not o.all else None
     if not _names_snapshot(o.version):
-        moddir = release_dir(o.basedir, o.version)
-        if o.quick and depfile_up_to_date(moddir):
+        dirs = depmod_dirs(o.basedir, o.version, o.moduledir, o.outdir, sysroot)
+        moddir, shown = dirs.moddir, dirs.shown
+        target = target or dirs.outdir
+        # depmod -A -n does nothing at all; -A, nothing when modules.dep is newer than
+        # every module
+        if o.quick and (o.show or depfile_up_to_date(moddir)):
             return 0
-        config = load_config(moddir.name, o.config)
-        files = module_files(moddir, config, skipped)
+        config = load_config(o.version or os.uname().release,
+                             [inside(sysroot, p) for p in (o.config or DEFAULT_PATHS)])
+        if chosen is not None:
+            files = [(inside(sysroot, f), f.removeprefix(shown + "/")) for f in chosen]
+        else:
+            files = module_files(moddir, config, skipped, sysroot)
         keys = None if o.no_cache else [file_key(p) for p, _ in files]
-        if keys is not None and not skipped and not (o.errsyms or o.warn):
+        if keys is not None and not skipped and not (o.errsyms or o.warn or o.verbose):
             key = run_key(str(moddir), files, keys, config,
-                          [o.kmod_compat, o.filesyms, o.symvers])
+                          [o.kmod_compat, o.filesyms, o.symvers, o.symbol_prefix, sysroot])
             warm = None if o.show else load_outputs(str(moddir.resolve()), key)
             if warm is not None:
-                write_outputs(Path(o.output) if o.output else moddir, warm)
+                write_outputs(target, warm)
                 return 0
-    from fastlkm.depmod.compute import build
+    from fastlkm.depmod.compute import build, needs_lines
     from fastlkm.depmod.inputs import kernel_symbols, read_modules, snapshot_modules
     from fastlkm.depmod.output import depmod_files
 
@@ -98,13 +141,18 @@ def _depmod(o: DepmodOptions, out: IO[bytes] | None, err: IO[str]) -> int:
     warn_skipped(errors, err)
     if o.errsyms and not (o.filesyms or o.symvers):
         err.write("depmod: WARNING: -e needs -E or -F\n")
-    kernel_syms = kernel_symbols(o.filesyms, o.symvers)
+    map_errors: list[str] = []
+    kernel_syms = kernel_symbols(o.filesyms and inside(sysroot, o.filesyms),
+                                 o.symvers and inside(sysroot, o.symvers),
+                                 o.symbol_prefix or "", map_errors)
+    for line in map_errors:
+        err.write(f"depmod: ERROR: {line}\n")
     report: list[str] | None = [] if o.errsyms and kernel_syms is not None else None
     try:
         dm = build(modules, order, kernel_exports=kernel_syms,
                    kmod_compat=o.kmod_compat is not None, report=report,
-                   check_symvers=o.symvers is not None,
-                   moddir=str(moddir) if moddir is not None else None)
+                   check_symvers=o.symvers is not None, sym_prefix=o.symbol_prefix or "",
+                   moddir=shown)
     except CycleError as e:
         # as kmod's depmod: the cycles as errors, nothing written, status 1
         _warnings(report or [], err)
@@ -115,6 +163,11 @@ def _depmod(o: DepmodOptions, out: IO[bytes] | None, err: IO[str]) -> int:
                       "every module in a cycle\n")
         return EXIT_FAIL
     _warnings(report or [], err)
+    stream = out or sys.stdout.buffer
+    if o.verbose:
+        # depmod -v: each module's first need of each other module (kmod's SHOW lines)
+        stream.write("".join(f"{line}\n" for line in needs_lines(dm, shown))
+                     .encode(errors="surrogateescape"))
 
     def beside(name: str) -> bytes | None:
         f = moddir / name if moddir is not None else None
@@ -122,19 +175,18 @@ def _depmod(o: DepmodOptions, out: IO[bytes] | None, err: IO[str]) -> int:
 
     version = int(o.kmod_compat) if o.kmod_compat is not None else 34
     outputs, warnings = depmod_files(dm, beside("modules.builtin"),
-                                     beside("modules.builtin.modinfo"), version)
+                                     beside("modules.builtin.modinfo"), version,
+                                     warn_dups=o.warn)
     _warnings(warnings, err)
     status = EXIT_SKIPPED if errors else 0
     if o.show:
         # depmod -n writes the text files to standard output (indexes are binary)
-        stream = out or sys.stdout.buffer
         for name, data in outputs.items():
             if not name.endswith(".bin"):
                 stream.write(data)
         return status
-    target = Path(o.output) if o.output else moddir
     if target is None:
-        raise UsageError("a snapshot has no modules directory: give --output DIR")
+        raise UsageError("a snapshot has no modules directory: give --into DIR")
     write_outputs(target, outputs)
     if key is not None and not errors and moddir is not None:
         save_outputs(str(moddir.resolve()), key, outputs)
