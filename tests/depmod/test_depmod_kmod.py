@@ -13,26 +13,10 @@ from pathlib import Path
 import pytest
 
 from fastlkm.cli import main
-from tests.conftest import KERNELS, corpus_module, kmod_major, require_kmod30, skip_or_fail
+from tests.conftest import KERNELS, require_kmod30
 from tests.depmod.test_depmod import _shadow_root
 
 Shadow = Callable[[str], tuple[Path, Path, str]]
-
-
-def _kmod_sid() -> Path:
-    try:
-        return corpus_module().kmod_sid()
-    except (SystemExit, subprocess.CalledProcessError, OSError) as e:
-        skip_or_fail(f"sid's kmod unavailable: {e}")
-        raise
-
-
-@pytest.fixture(scope="module")
-def kmod34() -> Path:
-    d = _kmod_sid()
-    for tool in ("depmod", "modprobe"):
-        assert kmod_major(str(d / tool)) == 34, f"sid's {tool} is not kmod 34"
-    return d
 
 
 @pytest.fixture

@@ -78,7 +78,7 @@ def system_map_symbols(text: str, path: str, sym_prefix: str, errors: list[str]
     for n, line in enumerate(text.splitlines(keepends=True), 1):
         parts = line.split(" ", 2)
         if len(parts) < 3:
-            errors.append(f"{path}:{n}: invalid line: {line}".rstrip("\n"))
+            errors.append(f"{path}:{n}: invalid line: {line}")   # its newline kept, as kmod
             continue
         name = parts[2]
         if sym_prefix and name.startswith(sym_prefix):
