@@ -104,6 +104,30 @@ def resolve(k: Kernel) -> str:
     raise SystemExit(f"corpus: no complete package set for {k.name}")
 
 
+def _download(k: Kernel, pkg: str) -> Path:
+    """The .deb of *pkg* (for *k*'s suite and architecture), downloaded once."""
+    debs = CACHE / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+
+    def have() -> list[Path]:
+        return list(debs.glob(f"{pkg}_*_{k.arch}.deb")) + list(debs.glob(f"{pkg}_*_all.deb"))
+
+    if not have():
+        subprocess.run(["apt-get", *_apt_options(k), "-qq", "download", pkg], cwd=debs,
+                       check=True)
+    return have()[0]
+
+
+def _keep(tmp: Path, dest: Path, names: tuple[str, ...]) -> Path:
+    """Move *names* of the finished *tmp* into *dest*, which they replace."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for x in names:
+        (tmp / x).rename(dest / x)
+    return dest
+
+
 def fetch(name: str) -> tuple[Path, str]:
     """Return (root, release) of kernel *name*, downloading it once."""
     k = KERNELS[name]
@@ -112,27 +136,16 @@ def fetch(name: str) -> tuple[Path, str]:
         release = done.read_text().strip()
         return CACHE / name / "root", release
     release = resolve(k)
-    opts = _apt_options(k)
-    debs = CACHE / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         root = Path(tmp) / "root"
         for p in k.packages:
-            pkg = p.format(v=release)
-            have = list(debs.glob(f"{pkg}_*_{k.arch}.deb")) + list(debs.glob(f"{pkg}_*_all.deb"))
-            if not have:
-                subprocess.run(["apt-get", *opts, "-qq", "download", pkg], cwd=debs, check=True)
-                have = list(debs.glob(f"{pkg}_*.deb"))
-            subprocess.run(["dpkg-deb", "-x", str(have[0]), str(root)], check=True)
+            subprocess.run(["dpkg-deb", "-x", str(_download(k, p.format(v=release))),
+                            str(root)], check=True)
         # kmod's depmod looks in ROOT/lib/modules; usrmerged trees keep modules in usr/lib
         if not (root / "lib").exists() and (root / "usr/lib/modules").exists():
             (root / "lib").symlink_to("usr/lib")
-        dest = CACHE / name
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.mkdir(parents=True)
-        root.rename(dest / "root")
-        (dest / "release").write_text(release + "\n")
+        (Path(tmp) / "release").write_text(release + "\n")
+        _keep(Path(tmp), CACHE / name, ("root", "release"))
     return CACHE / name / "root", release
 
 
@@ -183,12 +196,7 @@ def kmod_sid() -> Path:
                 f'"{dest}/root/usr/bin/kmod" "$@"\n')
             (t / tool).chmod(0o755)
         assert (lib / "ld-linux-x86-64.so.2").exists()
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.mkdir(parents=True)
-        for x in ("root", "depmod", "modprobe"):
-            (t / x).rename(dest / x)
-    return dest
+        return _keep(t, dest, ("root", "depmod", "modprobe"))
 
 
 def _source_options() -> list[str]:
@@ -206,16 +214,6 @@ def _source_options() -> list[str]:
     return opts
 
 
-def _download(k: Kernel, pkg: str) -> Path:
-    """The .deb of *pkg* (for *k*'s suite and architecture), downloaded once."""
-    debs = CACHE / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    have = sorted(debs.glob(f"{pkg}_*.deb"))
-    if not have:
-        subprocess.run(["apt-get", *_apt_options(k), "-qq", "download", pkg], cwd=debs,
-                       check=True)
-        have = sorted(debs.glob(f"{pkg}_*.deb"))
-    return have[-1]
 
 
 # the kernel whose headers module-playground is built against: Debian 12's 6.12
@@ -259,12 +257,7 @@ def kmod_testsuite() -> Path:
                         f"M={t / 'kmod/testsuite/module-playground'}", "modules"],
                        check=True)
         (t / "built").write_text(release + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.mkdir(parents=True)
-        for x in ("kmod", "headers", "built"):
-            (t / x).rename(dest / x)
-    return dest
+        return _keep(t, dest, ("kmod", "headers", "built"))
 
 
 def main(argv: list[str]) -> int:

@@ -87,6 +87,17 @@ def system(corpus: Callable[[str], tuple[Path, str]]) -> Callable[..., System]:
     return open_
 
 
+def corpus_tool(name: str) -> Path:
+    """scripts/corpus.py's *name* (``kmod_sid``, ``kmod_testsuite``): a folder, fetched
+    and built once; unavailable, the test is skipped, or failed where real-kernel tests
+    are required."""
+    try:
+        return getattr(corpus_module(), name)()
+    except (SystemExit, subprocess.CalledProcessError, OSError) as e:
+        skip_or_fail(f"{name} unavailable: {e}")
+        raise
+
+
 def require_tools(*tools: str) -> None:
     """Skip (or, where real-kernel tests are required, fail) when a tool is missing."""
     import shutil

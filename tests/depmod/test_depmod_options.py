@@ -159,3 +159,28 @@ def test_outdir_moduledir_and_into(tmp_path: Path) -> None:
     assert main(["depmod", *base, "-m", "boot/mods", "-A", "-n"]) == 0
     assert not dep.exists()
     assert main(["depmod", *base]) == 2    # no lib/modules/1.2.3 in that root
+
+
+@pytest.mark.corpus
+def test_configuration_messages_as_kmod34(corpus: Corpus, kmod34: Path, tmp_path: Path,
+                                          capfd: pytest.CaptureFixture[str]) -> None:
+    """depmod.d's bad lines and entries: kmod's ERROR lines always, its INFO lines with
+    -vv, in its order (kmod's own -vv lines of libkmod's context, which name pointers,
+    left out)."""
+    root, release = corpus("6.1-cloud-amd64")
+    sh = _shadow_root(root, release, tmp_path / "root")
+    cfg = tmp_path / "cfg"
+    (cfg / "x.conf").mkdir(parents=True)
+    (cfg / "README").write_text("not read\n")
+    (cfg / "a.conf").write_text("bogus line\noverride crc7 9.9.9 extra\ninclude foo\n"
+                                "external 9.9 /nowhere\noverride onlyone\n")
+    for args in (["-n"], ["-n", "-vv"]):
+        k = _kmod(kmod34, [*args, "-C", str(cfg), "-b", str(sh), release])
+        capfd.readouterr()
+        assert main(["depmod", *args, "-C", str(cfg), "-b", str(sh), release]) == 0
+        got = capfd.readouterr().err
+        theirs = [line for line in k.stderr.splitlines(keepends=True)
+                  if not line.startswith(("depmod: INFO: custom logging function",
+                                          "depmod: INFO: context "))]
+        assert got == "".join(theirs) and "ignoring bad line starting with 'bogus'" in got
+        assert ("did not match 9.9.9" in got) == ("-vv" in args)

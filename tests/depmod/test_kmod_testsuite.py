@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from fastlkm.cli import main
-from tests.conftest import corpus_module, skip_or_fail
+from tests.conftest import corpus_tool
 
 # the DEFINE_TEST() names of kmod 34's test-depmod.c; a case kmod adds or drops fails
 # test_every_case_is_run, so none is left out unnoticed
@@ -57,11 +57,7 @@ class Case:
 
 @pytest.fixture(scope="module")
 def kmod_source() -> Path:
-    try:
-        return corpus_module().kmod_testsuite()
-    except (SystemExit, subprocess.CalledProcessError, OSError) as e:
-        skip_or_fail(f"kmod's test suite unavailable: {e}")
-        raise
+    return corpus_tool("kmod_testsuite")
 
 
 # --- test-depmod.c, read -------------------------------------------------------------

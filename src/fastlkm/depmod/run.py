@@ -86,7 +86,7 @@ def _check(o: DepmodOptions) -> None:
 
 def _depmod(o: DepmodOptions, out: IO[bytes] | None, err: IO[str]) -> int:
     from fastlkm.depmod.cache import load_outputs, run_key, save_outputs
-    from fastlkm.depmod.config import DEFAULT_PATHS, load_config
+    from fastlkm.depmod.config import DEFAULT_PATHS, DepmodConfig, load_config
     from fastlkm.depmod.modfiles import (
         depfile_up_to_date,
         depmod_dirs,
@@ -113,8 +113,13 @@ def _depmod(o: DepmodOptions, out: IO[bytes] | None, err: IO[str]) -> int:
         # every module
         if o.quick and (o.show or depfile_up_to_date(moddir)):
             return 0
+        # kmod reads depmod.d only to search the modules directory (-a)
         config = load_config(o.version or os.uname().release,
-                             [inside(sysroot, p) for p in (o.config or DEFAULT_PATHS)])
+                             [inside(sysroot, p) for p in (o.config or DEFAULT_PATHS)]) \
+            if chosen is None else DepmodConfig()
+        for level, line in config.messages:
+            if level == "ERROR" or o.verbose >= 2:   # kmod's INFO lines need -vv
+                err.write(f"depmod: {level}: {line}\n")
         if chosen is not None:
             files = [(inside(sysroot, f), f.removeprefix(shown + "/")) for f in chosen]
         else:
