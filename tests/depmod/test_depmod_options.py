@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from fastlkm.cli import main
+from tests.conftest import corpus_tool
 from tests.depmod.test_depmod import _shadow_root
 from tests.depmod.test_depmod_kmod import _same_files
+from tests.depmod.test_kmod_testsuite import setup_rootfs
 
 Corpus = Callable[[str], tuple[Path, str]]
 
@@ -184,3 +186,30 @@ def test_configuration_messages_as_kmod34(corpus: Corpus, kmod34: Path, tmp_path
                                           "depmod: INFO: context "))]
         assert got == "".join(theirs) and "ignoring bad line starting with 'bogus'" in got
         assert ("did not match 9.9.9" in got) == ("-vv" in args)
+
+
+@pytest.mark.corpus
+def test_files_beside_the_modules_as_kmod34(kmod34: Path, tmp_path: Path,
+                                            capfd: pytest.CaptureFixture[str]) -> None:
+    """A missing modules.order, modules.builtin or modules.builtin.modinfo is kmod's
+    warning (the builtin indexes are then written empty, and -n reads neither); a
+    modules.order whose last line lacks its newline is kmod's error, and the order is
+    not used.  On one of kmod's own test roots, against kmod 34."""
+    kmod = corpus_tool("kmod_testsuite") / "kmod"
+    for label, order in (("missing", None), ("cut", "kernel/crypto/mod-simple.ko")):
+        roots = {}
+        for who in ("kmod", "ours"):
+            setup_rootfs(kmod, tmp_path / label / who)
+            roots[who] = tmp_path / label / who / "test-depmod/search-order-simple"
+            if order is not None:
+                (roots[who] / "lib/modules/4.4.4/modules.order").write_text(order)
+        for args in (["-n"], []):
+            k = _kmod(kmod34, [*args, "-b", str(roots["kmod"]), "4.4.4"])
+            capfd.readouterr()
+            status = main(["depmod", *args, "-b", str(roots["ours"]), "4.4.4"])
+            got = capfd.readouterr()
+            assert (status, got.out, got.err.replace(str(roots["ours"]), "ROOT")) == \
+                (k.returncode, k.stdout, k.stderr.replace(str(roots["kmod"]), "ROOT"))
+            assert ("could not open modules.builtin " in got.err) == (args == [])
+        assert ("corrupted line" in got.err) == (order is not None)
+        _same_files(roots["kmod"] / "lib/modules/4.4.4", roots["ours"] / "lib/modules/4.4.4")

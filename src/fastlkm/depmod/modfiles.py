@@ -171,12 +171,26 @@ def module_files(moddir: Path, config: DepmodConfig | None = None,
             for p, rel in choose_modules(found, config)]
 
 
-def read_order(moddir: Path) -> list[str]:
-    """modules.order lines (relative paths of uncompressed names)."""
+def read_order(moddir: Path, messages: list[tuple[str, str]] | None = None,
+               shown: str | None = None) -> list[str]:
+    """modules.order lines (relative paths of uncompressed names).  With *messages*, as
+    depmod_modules_sort() reads it: a missing file is a warning, and a last line without
+    its newline an error that drops the whole order; *shown* names the directory."""
     f = moddir / "modules.order"
-    if not f.is_file():
+    if messages is None:
+        return f.read_text(errors="replace").splitlines() if f.is_file() else []
+    where = shown if shown is not None else str(moddir)
+    try:
+        text = f.read_text(errors="replace")
+    except OSError as e:   # dfdopen()
+        messages.append(("WARNING", f"could not open modules.order at {where}: {e.strerror}"))
         return []
-    return f.read_text(errors="replace").splitlines()
+    lines = text.splitlines()
+    if text and not text.endswith("\n"):
+        messages.append(("ERROR", f"{where}/modules.order:{len(lines)} corrupted line "
+                                  "misses '\\n'"))
+        return []
+    return lines
 
 
 def depfile_up_to_date(moddir: Path) -> bool:

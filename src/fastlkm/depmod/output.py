@@ -242,12 +242,14 @@ def builtin_alias_index(modinfo: bytes) -> tuple[Index, list[str]]:
     return ix, warnings
 
 
-def depmod_files(dm: Depmod, builtin: bytes | None = None, builtin_modinfo: bytes | None = None,
-                 index_version: int = 34, warn_dups: bool = False
-                 ) -> tuple[dict[str, bytes], list[str]]:
+def depmod_files(dm: Depmod, builtin: bytes | str | None = None,
+                 builtin_modinfo: bytes | str | None = None, index_version: int = 34,
+                 warn_dups: bool = False) -> tuple[dict[str, bytes], list[str]]:
     """Every file depmod writes, in its order, as kmod *index_version* (30 or 34) writes
-    its binary indexes; kmod 30 writes no modules.weakdep.  (files, warnings in the
-    order depmod writes them; with *warn_dups* (-w), the duplicates in the indexes)"""
+    its binary indexes; kmod 30 writes no modules.weakdep.  *builtin* and
+    *builtin_modinfo* are the files read beside the modules, or why they could not be
+    read.  (files, warnings in the order depmod writes them; with *warn_dups* (-w), the
+    duplicates in the indexes)"""
     warnings: list[str] = []
     dups: list[str] | None = warnings if warn_dups else None
     files = {"modules.dep": modules_dep(dm),
@@ -261,14 +263,18 @@ def depmod_files(dm: Depmod, builtin: bytes | None = None, builtin_modinfo: byte
         files["modules.weakdep"] = modules_weakdep(dm)
     files["modules.symbols"] = modules_symbols(dm)
     files["modules.symbols.bin"] = _symbol_index(dm, dups).write(index_version)
-    if builtin is not None:
-        ix, w = builtin_index(builtin)
-        warnings += w
-        files["modules.builtin.bin"] = ix.write(index_version)
-    if builtin_modinfo is not None:
-        ix, w = builtin_alias_index(builtin_modinfo)
-        warnings += w
-        files["modules.builtin.alias.bin"] = ix.write(index_version)
+    for out, data, index in (("modules.builtin.bin", builtin, builtin_index),
+                             ("modules.builtin.alias.bin", builtin_modinfo,
+                              builtin_alias_index)):
+        if isinstance(data, bytes):
+            ix, w = index(data)
+            warnings += w
+            files[out] = ix.write(index_version)
+        else:
+            # as kmod: without its input the index is written empty (and the input's
+            # absence, a str, is a warning in its turn)
+            warnings += [data] if data is not None else []
+            files[out] = b""
     devname, w = modules_devname(dm)
     warnings += w
     files["modules.devname"] = devname

@@ -138,7 +138,10 @@ def _depmod(o: DepmodOptions, out: IO[bytes] | None, err: IO[str]) -> int:
 
     if moddir is not None:
         modules, errors = read_modules(moddir, files, o.jobs, keys)
-        order = read_order(moddir)
+        notes: list[tuple[str, str]] = []
+        order = read_order(moddir, notes, shown)
+        for level, line in notes:
+            err.write(f"depmod: {level}: {line}\n")
     else:
         modules, order = snapshot_modules(o.version)  # type: ignore[arg-type]
         errors = []
@@ -174,9 +177,14 @@ def _depmod(o: DepmodOptions, out: IO[bytes] | None, err: IO[str]) -> int:
         stream.write("".join(f"{line}\n" for line in needs_lines(dm, shown))
                      .encode(errors="surrogateescape"))
 
-    def beside(name: str) -> bytes | None:
-        f = moddir / name if moddir is not None else None
-        return f.read_bytes() if f is not None and f.is_file() else None
+    def beside(name: str) -> bytes | str | None:
+        """A file depmod reads beside the modules (dfdopen()); missing, kmod's warning."""
+        if moddir is None or o.show:   # depmod -n does not show the indexes it feeds
+            return None
+        try:
+            return (moddir / name).read_bytes()
+        except OSError as e:
+            return f"could not open {name} at {shown}: {e.strerror}"
 
     version = int(o.kmod_compat) if o.kmod_compat is not None else 34
     outputs, warnings = depmod_files(dm, beside("modules.builtin"),
