@@ -85,7 +85,7 @@ def _check(o: DepmodOptions) -> None:
 
 
 def _depmod(o: DepmodOptions, out: IO[bytes] | None, err: IO[str]) -> int:
-    from fastlkm.depmod.cache import load_outputs, run_key, save_outputs
+    from fastlkm.depmod.cache import BESIDE, load_outputs, run_key, save_outputs
     from fastlkm.depmod.config import DEFAULT_PATHS, DepmodConfig, load_config
     from fastlkm.depmod.modfiles import (
         depfile_up_to_date,
@@ -125,7 +125,11 @@ def _depmod(o: DepmodOptions, out: IO[bytes] | None, err: IO[str]) -> int:
         else:
             files = module_files(moddir, config, skipped, sysroot)
         keys = None if o.no_cache else [file_key(p) for p, _ in files]
-        if keys is not None and not skipped and not (o.errsyms or o.warn or o.verbose):
+        # a run that prints more than its outputs is computed: -e, -w, -v, depmod.d's
+        # messages, a file missing beside the modules (kmod's warnings)
+        if keys is not None and not skipped and not (o.errsyms or o.warn or o.verbose) \
+                and all(level != "ERROR" for level, _ in config.messages) \
+                and all((moddir / n).is_file() for n in BESIDE):
             key = run_key(str(moddir), files, keys, config,
                           [o.kmod_compat, o.filesyms, o.symvers, o.symbol_prefix, sysroot])
             warm = None if o.show else load_outputs(str(moddir.resolve()), key)
