@@ -113,6 +113,8 @@ def _depmod(o: DepmodOptions, out: IO[bytes] | None, err: IO[str]) -> int:
         # every module
         if o.quick and (o.show or depfile_up_to_date(moddir)):
             return 0
+        # as kmod: the kernel's symbols first (-E, -F), then depmod.d
+        kernel_syms = _kernel_symbols(o, sysroot, err)
         # kmod reads depmod.d only to search the modules directory (-a)
         config = load_config(o.version or os.uname().release,
                              [inside(sysroot, p) for p in (o.config or DEFAULT_PATHS)]) \
@@ -136,8 +138,10 @@ def _depmod(o: DepmodOptions, out: IO[bytes] | None, err: IO[str]) -> int:
             if warm is not None:
                 write_outputs(target, warm)
                 return 0
+    else:
+        kernel_syms = _kernel_symbols(o, sysroot, err)
     from fastlkm.depmod.compute import build, needs_lines
-    from fastlkm.depmod.inputs import kernel_symbols, read_modules, snapshot_modules
+    from fastlkm.depmod.inputs import read_modules, snapshot_modules
     from fastlkm.depmod.output import depmod_files
 
     if moddir is not None:
@@ -151,14 +155,6 @@ def _depmod(o: DepmodOptions, out: IO[bytes] | None, err: IO[str]) -> int:
         errors = []
     errors = skipped + errors
     warn_skipped(errors, err)
-    if o.errsyms and not (o.filesyms or o.symvers):
-        err.write("depmod: WARNING: -e needs -E or -F\n")
-    map_errors: list[str] = []
-    kernel_syms = kernel_symbols(o.filesyms and inside(sysroot, o.filesyms),
-                                 o.symvers and inside(sysroot, o.symvers),
-                                 o.symbol_prefix or "", map_errors)
-    for line in map_errors:
-        err.write(f"depmod: ERROR: {line}\n")
     report: list[str] | None = [] if o.errsyms and kernel_syms is not None else None
     try:
         dm = build(modules, order, kernel_exports=kernel_syms,
@@ -208,6 +204,25 @@ def _depmod(o: DepmodOptions, out: IO[bytes] | None, err: IO[str]) -> int:
     if key is not None and not errors and moddir is not None:
         save_outputs(str(moddir.resolve()), key, outputs)
     return status
+
+
+def _kernel_symbols(o: DepmodOptions, sysroot: str, err: IO[str]) -> list | None:
+    """The kernel's symbols of -E or -F, kmod's errors on System.map's lines and its
+    warning for -e without either, as depmod's main() loads them."""
+    if not (o.filesyms or o.symvers):
+        if o.errsyms:
+            err.write("depmod: WARNING: -e needs -E or -F\n")
+        return None
+    from fastlkm.depmod.inputs import kernel_symbols
+    from fastlkm.depmod.modfiles import inside
+
+    errors: list[str] = []
+    syms = kernel_symbols(o.filesyms and inside(sysroot, o.filesyms),
+                          o.symvers and inside(sysroot, o.symvers), o.symbol_prefix or "",
+                          errors)
+    for line in errors:
+        err.write(f"depmod: ERROR: {line}\n")
+    return syms
 
 
 def _warnings(lines: list[str], err: IO[str]) -> None:
