@@ -79,7 +79,7 @@ def _check(o: DepmodOptions) -> None:
         raise UsageError(f"Bad version passed {o.version}")
     if o.into is not None and o.outdir is not None:
         raise UsageError("--into and -o/--outdir exclude each other")
-    for f in () if o.all else o.files or ():
+    for f in () if o.all or o.quick else o.files or ():
         if not f.startswith("/"):
             raise UsageError(f"{f}: not absolute path.")
 
@@ -104,7 +104,9 @@ def _depmod(o: DepmodOptions, out: IO[bytes] | None, err: IO[str]) -> int:
     shown: str | None = None
     skipped: list = []
     key = None
-    chosen = o.files if o.files and not o.all else None
+    # module files named after the version are all there is, unless -a (or -A, which
+    # turns into -a when there is work to do)
+    chosen = o.files if o.files and not (o.all or o.quick) else None
     if not _names_snapshot(o.version):
         dirs = depmod_dirs(o.basedir, o.version, o.moduledir, o.outdir, sysroot)
         moddir, shown = dirs.moddir, dirs.shown
