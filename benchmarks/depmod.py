@@ -97,7 +97,7 @@ def main() -> int:
             out = Path(tmp) / "out"
             cache = Path(tmp) / "cache"
             warm_env = {**os.environ, "XDG_CACHE_HOME": str(cache / "warm")}
-            ours = [fastlkm, "depmod", "-b", str(sh), release, "--kmod-compat=30", "-o",
+            ours = [fastlkm, "depmod", "-b", str(sh), release, "--kmod-compat=30", "--into",
                     str(out)]
             subprocess.run(ours, check=True, env=warm_env)   # fills the warm cache
             moddir = sh / "lib/modules" / release

@@ -83,7 +83,7 @@ def main() -> int:
         sys.exit("the C index (fastlkm.depmod._kmod_index) is not built")
     root, release = corpus.fetch(a.kernel)
     with tempfile.TemporaryDirectory() as out:
-        cli.main(["depmod", "-b", str(root), release, "-o", out, "--no-cache"])
+        cli.main(["depmod", "-b", str(root), release, "--into", out, "--no-cache"])
         written = {f: Path(out, f).read_bytes() for f in FILES}
     ways = {"python": one_by_one(kmod_index.PyIndex), "native": one_by_one(kmod_index.NativeIndex),
             "native insert_many": many(kmod_index.NativeIndex)}

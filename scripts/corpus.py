@@ -4,6 +4,9 @@
 Usage: corpus.py [--list] [NAME...]     prints NAME ROOT VERSION per kernel
        corpus.py --kmod-sid              prints a folder with sid's kmod (34.x) depmod
                                          and modprobe, runnable on this machine
+       corpus.py --kmod-testsuite        prints a folder with sid's kmod source (its
+                                         testsuite/ and scripts/) and its
+                                         module-playground built against the 6.12 headers
 
 Each kernel is fetched with ``apt-get download`` from the registry the machine's own
 apt sources name (foreign architectures and sid through private apt lists, never by
@@ -101,6 +104,30 @@ def resolve(k: Kernel) -> str:
     raise SystemExit(f"corpus: no complete package set for {k.name}")
 
 
+def _download(k: Kernel, pkg: str) -> Path:
+    """The .deb of *pkg* (for *k*'s suite and architecture), downloaded once."""
+    debs = CACHE / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+
+    def have() -> list[Path]:
+        return list(debs.glob(f"{pkg}_*_{k.arch}.deb")) + list(debs.glob(f"{pkg}_*_all.deb"))
+
+    if not have():
+        subprocess.run(["apt-get", *_apt_options(k), "-qq", "download", pkg], cwd=debs,
+                       check=True)
+    return have()[0]
+
+
+def _keep(tmp: Path, dest: Path, names: tuple[str, ...]) -> Path:
+    """Move *names* of the finished *tmp* into *dest*, which they replace."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for x in names:
+        (tmp / x).rename(dest / x)
+    return dest
+
+
 def fetch(name: str) -> tuple[Path, str]:
     """Return (root, release) of kernel *name*, downloading it once."""
     k = KERNELS[name]
@@ -109,27 +136,16 @@ def fetch(name: str) -> tuple[Path, str]:
         release = done.read_text().strip()
         return CACHE / name / "root", release
     release = resolve(k)
-    opts = _apt_options(k)
-    debs = CACHE / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         root = Path(tmp) / "root"
         for p in k.packages:
-            pkg = p.format(v=release)
-            have = list(debs.glob(f"{pkg}_*_{k.arch}.deb")) + list(debs.glob(f"{pkg}_*_all.deb"))
-            if not have:
-                subprocess.run(["apt-get", *opts, "-qq", "download", pkg], cwd=debs, check=True)
-                have = list(debs.glob(f"{pkg}_*.deb"))
-            subprocess.run(["dpkg-deb", "-x", str(have[0]), str(root)], check=True)
+            subprocess.run(["dpkg-deb", "-x", str(_download(k, p.format(v=release))),
+                            str(root)], check=True)
         # kmod's depmod looks in ROOT/lib/modules; usrmerged trees keep modules in usr/lib
         if not (root / "lib").exists() and (root / "usr/lib/modules").exists():
             (root / "lib").symlink_to("usr/lib")
-        dest = CACHE / name
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.mkdir(parents=True)
-        root.rename(dest / "root")
-        (dest / "release").write_text(release + "\n")
+        (Path(tmp) / "release").write_text(release + "\n")
+        _keep(Path(tmp), CACHE / name, ("root", "release"))
     return CACHE / name / "root", release
 
 
@@ -180,12 +196,68 @@ def kmod_sid() -> Path:
                 f'"{dest}/root/usr/bin/kmod" "$@"\n')
             (t / tool).chmod(0o755)
         assert (lib / "ld-linux-x86-64.so.2").exists()
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.mkdir(parents=True)
-        for x in ("root", "depmod", "modprobe"):
-            (t / x).rename(dest / x)
-    return dest
+        return _keep(t, dest, ("root", "depmod", "modprobe"))
+
+
+def _source_options() -> list[str]:
+    """apt options for sid's source packages (deb-src), through a private list."""
+    lists = CACHE / "apt" / "src-sid"
+    (lists / "partial").mkdir(parents=True, exist_ok=True)
+    src = CACHE / "apt" / "src-sid.list"
+    src.write_text(f"deb-src {_sources_uri()} sid main\n")
+    opts = ["-oAPT::Sandbox::User=root", f"-oDir::State::Lists={lists}",
+            f"-oDir::Etc::SourceList={src}", "-oDir::Etc::SourceParts=/dev/null"]
+    stamp = lists.with_name(lists.name + ".updated")
+    if not stamp.exists():
+        subprocess.run(["apt-get", *opts, "-qq", "update"], check=True)
+        stamp.touch()
+    return opts
+
+
+
+
+# the kernel whose headers module-playground is built against: Debian 12's 6.12
+PLAYGROUND_KERNEL = "6.12-amd64"
+
+
+def kmod_testsuite() -> Path:
+    """A folder with sid's kmod source tree (``kmod/``: ``testsuite/``, ``scripts/``)
+    whose ``testsuite/module-playground`` is built against Debian's 6.12 headers, as DKMS
+    builds a module: the headers, their common part and kbuild unpacked into
+    ``headers/`` (not into /), the kernel's Makefile run from there."""
+    dest = CACHE / "kmod-testsuite"
+    if (dest / "built").exists():
+        return dest
+    _, release = fetch(PLAYGROUND_KERNEL)
+    k = KERNELS[PLAYGROUND_KERNEL]
+    base = release.rsplit("-", 1)[0]          # 6.12.N+deb12-amd64 -> 6.12.N+deb12
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        t = Path(tmp)
+        # the .dsc may be missing from the registry while the tarballs arrive
+        subprocess.run(["apt-get", *_source_options(), "-qq", "source", "--download-only",
+                        "kmod"], cwd=t, check=False)
+        tarballs = sorted(t.glob("kmod_*.orig.tar.*"), key=lambda p: _version_key(p.name))
+        if not tarballs:
+            raise SystemExit("corpus: sid's kmod source could not be downloaded")
+        unpacked = t / "unpacked"
+        unpacked.mkdir()
+        subprocess.run(["tar", "-xf", str(tarballs[-1]), "-C", str(unpacked)], check=True)
+        (top,) = [d for d in unpacked.iterdir() if d.is_dir()]
+        top.rename(t / "kmod")
+        headers = t / "headers"
+        for pkg in (f"linux-headers-{release}", f"linux-headers-{base}-common",
+                    f"linux-kbuild-{base}"):
+            subprocess.run(["dpkg-deb", "-x", str(_download(k, pkg)), str(headers)],
+                           check=True)
+        src = headers / "usr/src"
+        # the flavour's Makefile includes the common one by its absolute path: name it
+        # directly, so that the kernel's source tree is found inside headers/
+        subprocess.run(["make", "-s", "-C", str(src / f"linux-headers-{release}"), "-f",
+                        str(src / f"linux-headers-{base}-common/Makefile"),
+                        f"M={t / 'kmod/testsuite/module-playground'}", "modules"],
+                       check=True)
+        (t / "built").write_text(release + "\n")
+        return _keep(t, dest, ("kmod", "headers", "built"))
 
 
 def main(argv: list[str]) -> int:
@@ -194,6 +266,9 @@ def main(argv: list[str]) -> int:
         return 0
     if "--kmod-sid" in argv:
         print(kmod_sid())
+        return 0
+    if "--kmod-testsuite" in argv:
+        print(kmod_testsuite())
         return 0
     for name in argv or list(KERNELS):
         root, release = fetch(name)

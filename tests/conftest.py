@@ -31,7 +31,7 @@ def corpus_module() -> ModuleType:
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # its dataclasses look their module up when made
         spec.loader.exec_module(module)
-        fetch, kmod_sid = module.fetch, module.kmod_sid
+        fetch, kmod_sid, kmod_testsuite = module.fetch, module.kmod_sid, module.kmod_testsuite
 
         def guarded_fetch(name: str) -> tuple[Path, str]:
             require_mark("corpus", f"the corpus kernel {name}")
@@ -41,7 +41,12 @@ def corpus_module() -> ModuleType:
             require_mark("corpus", "sid's kmod")
             return kmod_sid()
 
+        def guarded_kmod_testsuite() -> Path:
+            require_mark("corpus", "kmod's test suite")
+            return kmod_testsuite()
+
         module.fetch, module.kmod_sid = guarded_fetch, guarded_kmod_sid
+        module.kmod_testsuite = guarded_kmod_testsuite
         _CORPUS_MODULE.append(module)
     return _CORPUS_MODULE[0]
 
@@ -80,6 +85,17 @@ def system(corpus: Callable[[str], tuple[Path, str]]) -> Callable[..., System]:
         return cache[key]
 
     return open_
+
+
+def corpus_tool(name: str) -> Path:
+    """scripts/corpus.py's *name* (``kmod_sid``, ``kmod_testsuite``): a folder, fetched
+    and built once; unavailable, the test is skipped, or failed where real-kernel tests
+    are required."""
+    try:
+        return getattr(corpus_module(), name)()
+    except (SystemExit, subprocess.CalledProcessError, OSError) as e:
+        skip_or_fail(f"{name} unavailable: {e}")
+        raise
 
 
 def require_tools(*tools: str) -> None:

@@ -10,6 +10,7 @@ skipped``, the rest is processed, and the status is 3.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from fastlkm import __version__
@@ -48,9 +49,12 @@ def cmd_check(a: argparse.Namespace) -> int:
 def cmd_depmod(a: argparse.Namespace) -> int:
     from fastlkm.depmod.run import DepmodOptions, depmod
 
-    return depmod(DepmodOptions(a.basedir, a.version, a.output, a.show, a.quick, a.errsyms,
-                                a.filesyms, a.symvers, a.warn, a.config, a.kmod_compat,
-                                a.no_cache, a.jobs))
+    return depmod(DepmodOptions(
+        basedir=a.basedir, version=a.version, into=a.into, show=a.show, quick=a.quick,
+        errsyms=a.errsyms, filesyms=a.filesyms, symvers=a.symvers, warn=a.warn,
+        config=a.config, kmod_compat=a.kmod_compat, no_cache=a.no_cache, jobs=a.jobs,
+        moduledir=a.moduledir, outdir=a.outdir, symbol_prefix=a.symbol_prefix,
+        verbose=a.verbose, all=a.all, files=a.files, sysroot=a.sysroot))
 
 
 def cmd_snapshot(a: argparse.Namespace) -> int:
@@ -173,33 +177,9 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     common(c)
     c.set_defaults(func=cmd_check)
 
-    d = command("depmod", help="write modules.dep and modules.symbols as kmod does")
-    d.add_argument("-b", "--basedir", default=None, help="root of the module tree")
-    d.add_argument("version", nargs="?", default=None,
-                   help="kernel release (or a snapshot file)")
-    d.add_argument("-o", "--output", default=None, help="write here instead of in place")
-    d.add_argument("-n", "--show", action="store_true", help="write to standard output")
-    d.add_argument("-a", "--all", action="store_true", help="probe all modules (the default)")
-    d.add_argument("-A", "--quick", action="store_true",
-                   help="do nothing when no module is newer than modules.dep")
-    d.add_argument("-e", "--errsyms", action="store_true",
-                   help="report symbols no module or kernel supplies (needs -F or -E)")
-    d.add_argument("-F", "--filesyms", metavar="System.map",
-                   help="the kernel's symbols, from its System.map")
-    d.add_argument("-E", "--symvers", metavar="Module.symvers",
-                   help="the kernel's symbols and CRCs, from Module.symvers")
-    d.add_argument("-w", "--warn", action="store_true", help="warn on duplicates")
-    d.add_argument("--no-cache", action="store_true",
-                   help="neither use nor update the cache of module facts and outputs "
-                        "($XDG_CACHE_HOME/fastlkm)")
-    d.add_argument("-C", "--config", action="append",
-                   help="read depmod.d configuration from this file or directory")
-    d.add_argument("--kmod-compat", nargs="?", const="34", choices=["30", "34"],
-                   help="reproduce the bytes of kmod 30 or 34 (default 34), kmod's known "
-                        "errors included; without it: kmod 34's index layout, without "
-                        "kmod's errors (docs/deviations.md)")
-    d.add_argument("-j", "--jobs", type=int, default=None)
-    d.set_defaults(func=cmd_depmod)
+    # listed in the help; "fastlkm depmod ..." is parsed by depmod_parser() (main())
+    command("depmod", help="kmod's depmod: modules.dep, the aliases, symbols and indexes "
+            "(kmod 34's options; installed as 'depmod' it is depmod)")
 
     b = command("bench", help="time every lookup strategy on the loader's lookups")
     b.add_argument("target", nargs="?", help="ROOT, RELEASE or SNAPSHOT (default: running "
@@ -279,6 +259,72 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
+DEPMOD_USAGE = "%(prog)s -[aA] [options] [forced_version] [module files]"
+DEPMOD_HELP = """If no arguments (except options) are given, "depmod -a" is assumed.  The
+options are kmod 34's depmod's, with kmod's meaning (depmod(8)); fastlkm's own follow."""
+
+
+def depmod_parser(prog: str = "fastlkm depmod") -> argparse.ArgumentParser:
+    """kmod 34's depmod command line (tools/depmod.c: options anywhere, short and long
+    forms), then fastlkm's own options."""
+    d = argparse.ArgumentParser(prog=prog, usage=DEPMOD_USAGE, description=DEPMOD_HELP,
+                                epilog=EXIT_STATUS_HELP)
+    d.add_argument("version", nargs="?", default=None, metavar="forced_version",
+                   help="kernel release (default: uname -r), or a fastlkm snapshot file")
+    d.add_argument("files", nargs="*", metavar="module", help="absolute paths of module "
+                   "files: only these, without -a")
+    d.add_argument("-a", "--all", action="store_true", help="probe all modules")
+    d.add_argument("-A", "--quick", action="store_true",
+                   help="only does the work if there's a new module")
+    d.add_argument("-e", "--errsyms", action="store_true", help="report not supplied "
+                   "symbols (needs -F or -E)")
+    d.add_argument("-n", "--show", "--dry-run", action="store_true",
+                   help="write the dependency file on stdout only")
+    d.add_argument("-P", "--symbol-prefix", metavar="CHAR",
+                   help="architecture symbol prefix")
+    d.add_argument("-C", "--config", action="append", metavar="PATH",
+                   help="read configuration from PATH (a file or a directory; again for "
+                        "more; default: /etc, /run, /usr/local/lib, /usr/lib and /lib's "
+                        "depmod.d)")
+    d.add_argument("-v", "--verbose", action="count", default=0, help="enable verbose mode")
+    d.add_argument("-w", "--warn", action="store_true", help="warn on duplicates")
+    d.add_argument("-V", "--version", action="version",
+                   version=f"fastlkm version {__version__} (depmod of kmod 34)",
+                   help="show version")
+    g = d.add_argument_group("useful for people managing distributions")
+    g.add_argument("-b", "--basedir", metavar="DIR", help="root path (default: /)")
+    g.add_argument("-m", "--moduledir", metavar="DIR",
+                   help="module directory, relative to the root (default: /lib/modules)")
+    g.add_argument("-o", "--outdir", metavar="DIR",
+                   help="output root path (default: same as basedir): the files go to "
+                        "DIR/MODULEDIR/VERSION")
+    g.add_argument("-F", "--filesyms", metavar="FILE",
+                   help="use the file instead of the current kernel symbols (System.map)")
+    g.add_argument("-E", "--symvers", metavar="FILE",
+                   help="use Module.symvers file to check symbol versions")
+    f = d.add_argument_group("fastlkm's own")
+    f.add_argument("--into", metavar="DIR",
+                   help="write the files into DIR itself instead of the modules directory")
+    f.add_argument("--sysroot", metavar="DIR",
+                   help="run as if chrooted into DIR: every absolute path (-b, -o, -C, "
+                        "-F, -E, the configuration directories and depmod.d's external "
+                        "directories) is taken inside DIR")
+    f.add_argument("--kmod-compat", nargs="?", const="34", choices=["30", "34"],
+                   help="reproduce the bytes of kmod 30 or 34 (default 34), kmod's known "
+                        "errors included; without it: kmod 34's index layout, without "
+                        "kmod's errors (docs/deviations.md)")
+    f.add_argument("--no-cache", action="store_true",
+                   help="neither use nor update the cache of module facts and outputs "
+                        "($XDG_CACHE_HOME/fastlkm)")
+    f.add_argument("-j", "--jobs", type=int, default=None,
+                   help="threads reading modules (default: all cores)")
+    f.add_argument("--debug", action="store_true", help="show tracebacks")
+    f.add_argument("--max-decompressed", metavar="SIZE", type=_size, default=None,
+                   help="refuse a module that decodes to more than SIZE bytes")
+    d.set_defaults(func=cmd_depmod)
+    return d
+
+
 class _Unbuilt:
     """A subcommand that is not the one being run: listed in --help, no arguments."""
 
@@ -298,8 +344,24 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(e.message) from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = parser(argv).parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The ``fastlkm`` command; called by the name ``depmod`` (*prog*, default: the name
+    it was run by, as kmod's multi-call binary), it is depmod."""
+    words = sys.argv[1:] if argv is None else argv
+    name = os.path.basename(prog if prog is not None else sys.argv[0])
+    if name == "depmod":
+        a = depmod_parser("depmod").parse_intermixed_args(words)
+        a.prog = "depmod"
+    else:
+        chosen = next((w for w in words if w in COMMANDS), None)
+        if chosen == "depmod":
+            # what comes before the command word are fastlkm's options (--debug,
+            # --max-decompressed), which depmod_parser() takes too
+            i = words.index(chosen)
+            a = depmod_parser().parse_intermixed_args(words[:i] + words[i + 1:])
+        else:
+            a = parser(argv).parse_args(argv)
+        a.prog = "fastlkm"
     if not a.max_decompressed:
         return _run(a)
     from fastlkm.io.codecs import decompression_cap
@@ -314,13 +376,13 @@ def _run(a: argparse.Namespace) -> int:
     except FastlkmError as e:
         if a.debug:
             raise
-        sys.stderr.write(f"fastlkm: error: {e}\n")
+        sys.stderr.write(f"{a.prog}: error: {e}\n")
         return EXIT_ERROR
     except OSError as e:
         if a.debug:
             raise
         where = f"{e.filename}: " if e.filename else ""
-        sys.stderr.write(f"fastlkm: error: {where}{e.strerror or e}\n")
+        sys.stderr.write(f"{a.prog}: error: {where}{e.strerror or e}\n")
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

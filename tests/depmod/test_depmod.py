@@ -102,7 +102,7 @@ def test_depmod_matches_kmod(name: str, corpus, kmod_outputs, tmp_path: Path) ->
     kmod_dir, release = kmod_outputs(name)
     root, _ = corpus(name)
     out = tmp_path / "compat"
-    assert main(["depmod", "-b", str(root), release, "--kmod-compat=30", "-o", str(out)]) == 0
+    assert main(["depmod", "-b", str(root), release, "--kmod-compat=30", "--into", str(out)]) == 0
     written = sorted(p.name for p in kmod_dir.iterdir() if not p.is_symlink())
     assert set(DEPMOD_FILES) <= set(written) and "modules.alias.bin" in written
     assert sorted(p.name for p in out.iterdir()) == written
@@ -111,7 +111,7 @@ def test_depmod_matches_kmod(name: str, corpus, kmod_outputs, tmp_path: Path) ->
     # the default output differs from kmod only where kmod is wrong: on 7.x kmod takes
     # namespace strings of __ksymtab_strings for exported symbols
     out = tmp_path / "default"
-    assert main(["depmod", "-b", str(root), release, "-o", str(out)]) == 0
+    assert main(["depmod", "-b", str(root), release, "--into", str(out)]) == 0
     assert (out / "modules.dep").read_bytes() == (kmod_dir / "modules.dep").read_bytes()
     ours = (out / "modules.symbols").read_text().splitlines()
     theirs = (kmod_dir / "modules.symbols").read_text().splitlines()

@@ -18,7 +18,6 @@ from fastlkm.depmod.compute import build
 from fastlkm.errors import CycleError
 from fastlkm.kernel.facts import Export, Import, Module
 from tests.conftest import require_kmod30
-from tests.depmod.test_depmod_kmod import kmod34  # noqa: F401  (a fixture)
 from tests.elf.elfbuild import (
     EM_X86_64,
     SHF_ALLOC,
@@ -131,7 +130,7 @@ FIXED = {
 
 @pytest.mark.corpus   # sid's kmod, fetched by scripts/corpus.py
 @pytest.mark.parametrize("name", list(FIXED))
-def test_cycles_as_kmod_reports_them(name: str, tmp_path: Path, kmod34: Path,  # noqa: F811
+def test_cycles_as_kmod_reports_them(name: str, tmp_path: Path, kmod34: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     """Same ERROR lines in the same order, status 1, and no output file, as kmod 30 and
     kmod 34 on the same tree."""
@@ -148,7 +147,7 @@ def test_cycles_as_kmod_reports_them(name: str, tmp_path: Path, kmod34: Path,  #
 
 
 @pytest.mark.corpus
-def test_random_graphs_as_kmod(tmp_path: Path, kmod34: Path,  # noqa: F811
+def test_random_graphs_as_kmod(tmp_path: Path, kmod34: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
     """60 random import graphs of 2 to 7 modules, with and without modules.order: fastlkm
     always agrees with the graph itself (a cycle: status 1, nothing written, every module
@@ -211,7 +210,7 @@ def _in_cycles(graph: Graph) -> set[str]:
 
 
 @pytest.mark.corpus
-def test_cycles_that_kmod_never_finishes(tmp_path: Path, kmod34: Path,  # noqa: F811
+def test_cycles_that_kmod_never_finishes(tmp_path: Path, kmod34: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     """Two cycles, one behind the other: kmod 30 and 34 walk the second from the first's
     root forever (this test gives them 3 s); fastlkm lists both and stops."""

@@ -13,26 +13,10 @@ from pathlib import Path
 import pytest
 
 from fastlkm.cli import main
-from tests.conftest import KERNELS, corpus_module, kmod_major, require_kmod30, skip_or_fail
+from tests.conftest import KERNELS, require_kmod30
 from tests.depmod.test_depmod import _shadow_root
 
 Shadow = Callable[[str], tuple[Path, Path, str]]
-
-
-def _kmod_sid() -> Path:
-    try:
-        return corpus_module().kmod_sid()
-    except (SystemExit, subprocess.CalledProcessError, OSError) as e:
-        skip_or_fail(f"sid's kmod unavailable: {e}")
-        raise
-
-
-@pytest.fixture(scope="module")
-def kmod34() -> Path:
-    d = _kmod_sid()
-    for tool in ("depmod", "modprobe"):
-        assert kmod_major(str(d / tool)) == 34, f"sid's {tool} is not kmod 34"
-    return d
 
 
 @pytest.fixture
@@ -64,7 +48,7 @@ def test_identical_to_kmod34(name: str, shadow: Shadow, kmod34: Path, tmp_path: 
     sh, moddir, release = shadow(name)
     subprocess.run([str(kmod34 / "depmod"), "-b", str(sh), release], check=True)
     out = tmp_path / "ours"
-    assert main(["depmod", "-b", str(sh), release, "--kmod-compat=34", "-o", str(out)]) == 0
+    assert main(["depmod", "-b", str(sh), release, "--kmod-compat=34", "--into", str(out)]) == 0
     _same_files(moddir, out)
 
 
@@ -162,7 +146,7 @@ def test_depmod_d_configuration_as_kmod(shadow: Shadow, tmp_path: Path) -> None:
                                   capture_output=True, text=True).stderr
         out = tmp_path / f"ours-{label}"
         assert main(["depmod", "-C", str(cfg), "-b", str(sh), release, "--kmod-compat=30",
-                     "-o", str(out)]) == 0
+                     "--into", str(out)]) == 0
         _same_files(moddir, out)
         assert "ERROR" not in kmod_err
         dep = (out / "modules.dep").read_text()

@@ -25,13 +25,13 @@ def test_depmod_killed_mid_write(corpus, tmp_path: Path) -> None:
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     base = [sys.executable, "-m", "fastlkm.cli", "depmod", "-b", str(sh), release,
             "--no-cache"]
-    cmd = [*base, "-o", str(out)]
+    cmd = [*base, "--into", str(out)]
     # the old version: a complete run with kmod 30's index layout
     subprocess.run([*cmd, "--kmod-compat=30"], check=True, env=env)
     old = {p.name: p.read_bytes() for p in out.iterdir()}
     # the new version: kmod 34's layout (the .bin files differ, modules.weakdep appears)
     new_dir = tmp_path / "new"
-    subprocess.run([*base, "-o", str(new_dir)], check=True, env=env)
+    subprocess.run([*base, "--into", str(new_dir)], check=True, env=env)
     new = {p.name: p.read_bytes() for p in new_dir.iterdir()}
     assert any(old[n] != new[n] for n in old)
     # kill runs at random points of their writing, which starts when the first temporary

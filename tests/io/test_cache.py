@@ -50,18 +50,18 @@ def test_warm_depmod_is_identical_and_notices_changes(corpus, tmp_path: Path) ->
     outs = []
     for i in range(3):
         out = tmp_path / f"o{i}"
-        assert main(["depmod", "-b", str(sh), release, "-o", str(out)]) == 0
+        assert main(["depmod", "-b", str(sh), release, "--into", str(out)]) == 0
         outs.append({p.name: p.read_bytes() for p in out.iterdir()})
     assert outs[0] == outs[1] == outs[2]
     assert len(list(cache_dir().glob("outputs-*" + SUFFIX))) == 1
     victim = moddir / "kernel/lib/crc7.ko"
     os.unlink(victim)
     out = tmp_path / "after"
-    assert main(["depmod", "-b", str(sh), release, "-o", str(out)]) == 0
+    assert main(["depmod", "-b", str(sh), release, "--into", str(out)]) == 0
     assert b"crc7.ko" in outs[0]["modules.dep"]
     assert b"crc7.ko" not in (out / "modules.dep").read_bytes()
     nocache = tmp_path / "nocache"
-    assert main(["depmod", "-b", str(sh), release, "--no-cache", "-o", str(nocache)]) == 0
+    assert main(["depmod", "-b", str(sh), release, "--no-cache", "--into", str(nocache)]) == 0
     assert (nocache / "modules.dep").read_bytes() == (out / "modules.dep").read_bytes()
 
 

@@ -51,6 +51,8 @@ def tree(tmp_path: Path) -> Path:
     assert 1 << 20 < len(big) < 2 << 20
     (moddir / "a.ko.xz").write_bytes(compress(big, "xz"))
     (moddir / "b.ko").write_bytes(dep_module(["fb"], ["fa"]))
+    for beside in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+        (moddir.parent / beside).write_bytes(b"")   # as a kernel's install leaves them
     return tmp_path
 
 

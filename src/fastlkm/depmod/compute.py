@@ -107,12 +107,14 @@ class DepmodMod:
 class Depmod:
     """depmod's computation over a set of modules, for the text outputs and the indexes."""
 
-    __slots__ = ("cycles", "lines", "mods", "owned", "symbols")
+    __slots__ = ("cycles", "lines", "mods", "owned", "sym_prefix", "symbols")
 
     def __init__(self, mods: list[DepmodMod],
-                 symbols: dict[str, tuple[DepmodMod | None, int]]) -> None:
+                 symbols: dict[str, tuple[DepmodMod | None, int]], sym_prefix: str = ""
+                 ) -> None:
         self.mods = mods
         self.symbols = symbols                           # name -> (owner, crc)
+        self.sym_prefix = sym_prefix                     # depmod -P
         self.cycles: list[str] = []
         self.owned: list[tuple[str, DepmodMod]] | None = None   # module_symbols(), once
         self.lines: list[str] | None = None                     # dep_lines(), once
@@ -141,7 +143,7 @@ def build(modules: Sequence[DepmodModule | Module], order: list[str],
     load_dependencies(mods, symbols, sym_prefix)
     if report is not None:
         report_symbols(mods, symbols, report, check_symvers, sym_prefix, moddir)
-    dm = Depmod(mods, symbols)
+    dm = Depmod(mods, symbols, sym_prefix)
     calculate_dependencies(dm)
     return dm
 
@@ -232,6 +234,22 @@ def load_dependencies(mods: list[DepmodMod], symbols: dict[str, tuple[DepmodMod 
         d.deps = list(owners)
         for owner in d.deps:
             owner.users += 1
+
+
+def needs_lines(dm: Depmod, moddir: str | None = None) -> list[str]:
+    """depmod -v: for each module, in depmod's order, the first symbol it needs of each
+    module it depends on, as mod_add_dependency() shows it; paths under *moddir*."""
+    get = dm.symbols.get
+    lines = []
+    for d in dm.mods:
+        seen: set[int] = set()
+        for key in _symbol_keys(d.module, dm.sym_prefix):
+            hit = get(key)
+            if hit is None or hit[0] is None or id(hit[0]) in seen:
+                continue
+            seen.add(id(hit[0]))
+            lines.append(f'{_shown(d, moddir)} needs "{key}": {_shown(hit[0], moddir)}')
+    return lines
 
 
 def report_symbols(mods: list[DepmodMod], symbols: dict[str, tuple[DepmodMod | None, int]],

@@ -27,11 +27,12 @@ class DepmodConfig:
 
     def __init__(self, searches: list[str] | None = None, overrides: list[str] | None = None,
                  externals: list[str] | None = None, excludes: list[str] | None = None,
-                 messages: list[str] | None = None) -> None:
+                 messages: list[tuple[str, str]] | None = None) -> None:
         self.searches = searches or []     # newest first, as kmod's list
         self.overrides = overrides or []   # "SUBDIR/MODNAME", newest first
         self.externals = externals or []   # absolute dirs, newest first
         self.excludes = excludes or []
+        # what kmod says while it reads them, in its words and order: (ERROR or INFO, text)
         self.messages = messages or []
 
     def _fields(self) -> tuple[list[str], ...]:
@@ -105,8 +106,12 @@ def _kernel_matches(pattern: str, release: str) -> bool:
         return False
 
 
-def config_files(paths: tuple[str, ...] | list[str]) -> list[Path]:
-    """cfg_files_list(): *.conf files (or files named directly), each name once, sorted."""
+def config_files(paths: tuple[str, ...] | list[str], cfg: DepmodConfig | None = None
+                 ) -> list[Path]:
+    """cfg_files_list(): *.conf files (or files named directly), each name once (the
+    first directory wins), in name order; what kmod says of the other entries goes to
+    *cfg*'s messages (cfg_files_filter_out())."""
+    cfg = cfg if cfg is not None else DepmodConfig()
     chosen: dict[str, Path] = {}
     for p in paths:
         path = Path(p)
@@ -115,10 +120,20 @@ def config_files(paths: tuple[str, ...] | list[str]) -> list[Path]:
             continue
         if not path.is_dir():
             continue
-        for e in os.scandir(path):
-            if e.name.startswith(".") or not e.name.endswith(".conf") or len(e.name) < 6:
+        for e in os.scandir(path):   # readdir() order, as kmod's messages
+            if e.name.startswith("."):
                 continue
-            if e.is_dir():
+            if len(e.name) < 6 or not e.name.endswith(".conf"):
+                cfg.messages.append(("INFO", f"All cfg files need .conf: {p}/{e.name}"))
+                continue
+            try:
+                is_dir = e.is_dir()
+            except OSError:
+                cfg.messages.append(("ERROR", f"Cannot stat directory entry: {p}{e.name}"))
+                continue
+            if is_dir:
+                cfg.messages.append(("ERROR", "Directories inside directories are not "
+                                     f"supported: {p}/{e.name}"))
                 continue
             chosen.setdefault(e.name, Path(e.path))
     return [chosen[n] for n in sorted(chosen, key=lambda n: n.encode())]
@@ -127,11 +142,11 @@ def config_files(paths: tuple[str, ...] | list[str]) -> list[Path]:
 def load_config(release: str, paths: tuple[str, ...] | list[str] | None = None
                 ) -> DepmodConfig:
     cfg = DepmodConfig()
-    for f in config_files(list(paths) if paths is not None else list(DEFAULT_PATHS)):
+    for f in config_files(list(paths) if paths is not None else list(DEFAULT_PATHS), cfg):
         try:
             text = f.read_text(errors="replace")
         except OSError as e:
-            cfg.messages.append(f"{f}: {e.strerror}")
+            cfg.messages.append(("ERROR", f"file parse {f}: {e.strerror}"))
             continue
         # freadline_wrapped(): a trailing backslash continues the line
         text = text.replace("\\\n", "")
@@ -148,16 +163,23 @@ def load_config(release: str, paths: tuple[str, ...] | list[str] | None = None
             elif cmd == "override" and len(args) >= 3:
                 if _kernel_matches(args[1], release):
                     cfg.overrides.insert(0, f"{args[2]}/{args[0]}")
+                else:
+                    cfg.messages.append(("INFO",
+                                         f"{f}:{n}: override kernel did not match {args[1]}"))
             elif cmd == "external" and len(args) >= 2:
                 if _kernel_matches(args[0], release):
                     cfg.externals.insert(0, args[1])
+                else:
+                    cfg.messages.append(
+                        ("INFO", f"{f}:{n}: external directory did not match {args[0]}"))
             elif cmd == "exclude":
                 for a in args:
                     cfg.excludes.insert(0, a)
             elif cmd in ("include", "make_map_files"):
-                cfg.messages.append(f"{f}:{n}: command {cmd} not implemented yet")
+                cfg.messages.append(("INFO", f"{f}:{n}: command {cmd} not implemented yet"))
             else:
-                cfg.messages.append(f"{f}:{n}: ignoring bad line starting with '{cmd}'")
+                cfg.messages.append(("ERROR",
+                                     f"{f}:{n}: ignoring bad line starting with '{cmd}'"))
     if not cfg.searches:
         cfg.searches.append("updates")
     return cfg

@@ -50,17 +50,39 @@ def snapshot_modules(path: str) -> tuple[list[DepmodModule], list[str]]:
     return [from_module(m) for m in snap.modules], snap.order
 
 
-def kernel_symbols(system_map: str | None, symvers: str | None) -> list[Export] | None:
+def kernel_symbols(system_map: str | None, symvers: str | None, sym_prefix: str = "",
+                   errors: list[str] | None = None) -> list[Export] | None:
     """The kernel's symbols as depmod -F (System.map, depmod_load_system_map()) or -E
-    (Module.symvers, depmod_load_symvers()) reads them."""
+    (Module.symvers, depmod_load_symvers()) reads them; -E wins.  A System.map line
+    depmod cannot read is appended to *errors* in its words."""
     if symvers is not None:
         from fastlkm.kernel.symvers import parse_symvers, vmlinux_exports
 
         text = Path(symvers).read_text(errors="replace")
         return vmlinux_exports(parse_symvers(text, symvers))
     if system_map is not None:
-        from fastlkm.kernel.sysmap import parse_system_map
-
-        text = Path(system_map).read_text(errors="replace")
-        return parse_system_map(text, system_map)
+        return system_map_symbols(Path(system_map).read_text(errors="replace"), system_map,
+                                  sym_prefix, errors if errors is not None else [])
     return None
+
+
+def system_map_symbols(text: str, path: str, sym_prefix: str, errors: list[str]
+                       ) -> list[Export]:
+    """depmod_load_system_map(): every ``__ksymtab_NAME`` in the third field of a line
+    ``ADDRESS TYPE NAME`` (after the -P prefix), without CRC; Debian's one-line stub
+    ("... B The real System.map is in the linux-image-<version>-dbg package") has
+    none.  A line without two spaces is an error, and the rest is read."""
+    from fastlkm.kernel.facts import Export
+
+    out = []
+    for n, line in enumerate(text.splitlines(keepends=True), 1):
+        parts = line.split(" ", 2)
+        if len(parts) < 3:
+            errors.append(f"{path}:{n}: invalid line: {line}")   # its newline kept, as kmod
+            continue
+        name = parts[2]
+        if sym_prefix and name.startswith(sym_prefix):
+            name = name[1:]
+        if name.startswith("__ksymtab_"):
+            out.append(Export(name[len("__ksymtab_"):].split("\n", 1)[0]))
+    return out

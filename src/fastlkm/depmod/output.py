@@ -148,36 +148,44 @@ def modules_devname(dm: Depmod) -> tuple[bytes, list[str]]:
     return "".join(out).encode(), warnings
 
 
-def _dep_index(dm: Depmod) -> Index:
+def _dep_index(dm: Depmod, warnings: list[str] | None = None) -> Index:
+    """output_deps_bin(); with *warnings* (depmod -w), a line per duplicate."""
     ix = Index()
     for d, line in zip(dm.mods, dep_lines(dm), strict=True):
-        ix.insert(d.name, line, d.idx)
+        if ix.insert(d.name, line, d.idx) and warnings is not None:
+            warnings.append(f"duplicate module deps:\n{line}")
     return ix
 
 
-def _alias_index(dm: Depmod) -> tuple[Index, list[str]]:
+def _alias_index(dm: Depmod, warn_dups: bool = False) -> tuple[Index, list[str]]:
+    """output_aliases_bin(): (index, warnings); with *warn_dups* (depmod -w) the
+    duplicates too, in the order depmod meets them."""
     keys: list[str] = []
     values: list[str] = []
     prios: list[int] = []
-    warnings = []
+    events: list[str | int] = []   # a warning, or the position of an insertion
     for d in dm.mods:
         for v in d.module.aliases:
             a = alias_normalize(v)
             if a is None:
-                warnings.append(f"Unmatched bracket in {v}")
+                events.append(f"Unmatched bracket in {v}")
                 continue
+            events.append(len(keys))
             keys.append(a)
             values.append(d.name)
             prios.append(d.idx)
     ix = Index()
-    ix.insert_many(keys, values, prios)
+    dups = ix.insert_many(keys, values, prios)
+    warnings = [e if isinstance(e, str) else f"duplicate module alias:\n{keys[e]} {values[e]}"
+                for e in events if isinstance(e, str) or (warn_dups and dups[e])]
     return ix, warnings
 
 
-def _symbol_index(dm: Depmod) -> Index:
+def _symbol_index(dm: Depmod, warnings: list[str] | None = None) -> Index:
     ix = Index()
     for n, owner in module_symbols(dm):
-        ix.insert("symbol:" + n, owner.name, owner.idx)
+        if ix.insert("symbol:" + n, owner.name, owner.idx) and warnings is not None:
+            warnings.append(f"duplicate module syms:\nsymbol:{n} {owner.name}")
     return ix
 
 
@@ -234,33 +242,40 @@ def builtin_alias_index(modinfo: bytes) -> tuple[Index, list[str]]:
     return ix, warnings
 
 
-def depmod_files(dm: Depmod, builtin: bytes | None = None, builtin_modinfo: bytes | None = None,
-                 index_version: int = 34) -> tuple[dict[str, bytes], list[str]]:
+def depmod_files(dm: Depmod, builtin: bytes | str | None = None,
+                 builtin_modinfo: bytes | str | None = None, index_version: int = 34,
+                 warn_dups: bool = False) -> tuple[dict[str, bytes], list[str]]:
     """Every file depmod writes, in its order, as kmod *index_version* (30 or 34) writes
-    its binary indexes; kmod 30 writes no modules.weakdep.  (files, warnings)"""
+    its binary indexes; kmod 30 writes no modules.weakdep.  *builtin* and
+    *builtin_modinfo* are the files read beside the modules, or why they could not be
+    read.  (files, warnings in the order depmod writes them; with *warn_dups* (-w), the
+    duplicates in the indexes)"""
     warnings: list[str] = []
-    alias_ix, w = _alias_index(dm)
+    dups: list[str] | None = warnings if warn_dups else None
+    files = {"modules.dep": modules_dep(dm),
+             "modules.dep.bin": _dep_index(dm, dups).write(index_version),
+             "modules.alias": modules_alias(dm)}
+    alias_ix, w = _alias_index(dm, warn_dups)
     warnings += w
-    devname, w = modules_devname(dm)
-    warnings += w
-    files = {
-        "modules.dep": modules_dep(dm),
-        "modules.dep.bin": _dep_index(dm).write(index_version),
-        "modules.alias": modules_alias(dm),
-        "modules.alias.bin": alias_ix.write(index_version),
-        "modules.softdep": modules_softdep(dm),
-    }
+    files["modules.alias.bin"] = alias_ix.write(index_version)
+    files["modules.softdep"] = modules_softdep(dm)
     if index_version >= 34:
         files["modules.weakdep"] = modules_weakdep(dm)
     files["modules.symbols"] = modules_symbols(dm)
-    files["modules.symbols.bin"] = _symbol_index(dm).write(index_version)
-    if builtin is not None:
-        ix, w = builtin_index(builtin)
-        warnings += w
-        files["modules.builtin.bin"] = ix.write(index_version)
-    if builtin_modinfo is not None:
-        ix, w = builtin_alias_index(builtin_modinfo)
-        warnings += w
-        files["modules.builtin.alias.bin"] = ix.write(index_version)
+    files["modules.symbols.bin"] = _symbol_index(dm, dups).write(index_version)
+    for out, data, index in (("modules.builtin.bin", builtin, builtin_index),
+                             ("modules.builtin.alias.bin", builtin_modinfo,
+                              builtin_alias_index)):
+        if isinstance(data, bytes):
+            ix, w = index(data)
+            warnings += w
+            files[out] = ix.write(index_version)
+        else:
+            # as kmod: without its input the index is written empty (and the input's
+            # absence, a str, is a warning in its turn)
+            warnings += [data] if data is not None else []
+            files[out] = b""
+    devname, w = modules_devname(dm)
+    warnings += w
     files["modules.devname"] = devname
     return files, warnings
