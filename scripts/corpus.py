@@ -48,6 +48,19 @@ KERNELS = {
                ("linux-image-{v}-unsigned", "linux-headers-{v}")),
         Kernel("sid-cloud-amd64", "amd64", True, r"^linux-modules-(\d+\.\d+[^ ]*-cloud-amd64)$",
                ("linux-modules-{v}", "linux-binary-{v}", "linux-base-{v}", "linux-headers-{v}")),
+        # foreign architectures, one image and its headers each: the raw kernel images
+        # (arm64 gzip'd Image, armhf zImage, s390x image, MIPS ELF without section
+        # headers) whose export tables fastlkm recovers from the loaded bytes
+        Kernel("6.1-arm64", "arm64", False, r"^linux-image-(6\.1\.0-\d+-arm64)-unsigned$",
+               ("linux-image-{v}-unsigned", "linux-headers-{v}")),
+        Kernel("6.1-armmp", "armhf", False, r"^linux-image-(6\.1\.0-\d+-armmp)$",
+               ("linux-image-{v}", "linux-headers-{v}")),
+        Kernel("6.1-powerpc64le", "ppc64el", False, r"^linux-image-(6\.1\.0-\d+-powerpc64le)$",
+               ("linux-image-{v}", "linux-headers-{v}")),
+        Kernel("6.1-s390x", "s390x", False, r"^linux-image-(6\.1\.0-\d+-s390x)$",
+               ("linux-image-{v}", "linux-headers-{v}")),
+        Kernel("6.1-5kc-malta", "mips64el", False, r"^linux-image-(6\.1\.0-\d+-5kc-malta)$",
+               ("linux-image-{v}", "linux-headers-{v}")),
     )
 }
 
