@@ -146,6 +146,20 @@ def fetch(name: str) -> tuple[Path, str]:
     return CACHE / name / "root", release
 
 
+def image_package(name: str) -> Path:
+    """The kernel image package (the first of the kernel's packages) of *name*, as
+    downloaded: what a user holding only the image and its modules has."""
+    k = KERNELS[name]
+    _, release = fetch(name)
+    pkg = k.packages[0].format(v=release)
+    have = sorted((CACHE / "debs").glob(f"{pkg}_*_{k.arch}.deb"))
+    if not have:
+        subprocess.run(["apt-get", *_apt_options(k), "-qq", "download", pkg],
+                       cwd=CACHE / "debs", check=True)
+        have = sorted((CACHE / "debs").glob(f"{pkg}_*_{k.arch}.deb"))
+    return have[-1]
+
+
 def shadow_root(root: Path, release: str, dest: Path) -> Path:
     """A root under *dest* whose modules directory links to the files of the cached tree
     *root* (depmod's outputs left out), so that a depmod can write its outputs there

@@ -461,7 +461,8 @@ def recover_exports(data: bytes, path: str | None = None) -> Recovered:
                 got, tables=tuple(dataclasses.replace(t, offset=t.offset + start)
                                   for t in got.tables),
                 strings=(got.strings[0] + start, got.strings[1] + start),
-                base=None if got.base is None else got.base - start)
+                base=None if got.base is None
+                else (got.base - start) % (1 << (8 * mode.width)))
     best = next((w for w in why if "no export table" not in w and "no link address" not in w),
                 why[0])
     raise FormatError(f"no export tables recovered from the kernel image ({best})", path)
