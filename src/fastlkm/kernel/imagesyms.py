@@ -26,6 +26,7 @@ import dataclasses
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -39,7 +40,8 @@ MIN_ENTRIES = 16        # shortest run of entries taken for an export table
 _MIN_STRINGS = 512      # shortest run of identifiers taken for __ksymtab_strings
 _BLOCK = 256            # granularity of the first pass over the image
 _MAX_STRING_RUNS = 4    # longest runs of identifiers tried
-_MAX_BASE_RUNS = 16     # pointer runs tried when looking for the link address
+_MAX_STRINGS_BYTES = 1 << 24  # a longer run is no __ksymtab_strings (a kernel has ~300 KB)
+_MAX_BASE_RUNS = 8      # pointer runs tried when looking for the link address
 _MAX_TABLE_GAP = 8      # padding allowed between __ksymtab and __ksymtab_gpl
 _WINDOW = 30            # bytes searched before __ksymtab_strings, per byte of it
 _FLAG_MASK = 0x03       # KSYM_FLAG_GPL_ONLY | KSYM_FLAG_PROTECTED
@@ -171,25 +173,32 @@ def _find_bases(words: np.ndarray, arr: np.ndarray, lo: int, hi: int) -> Iterato
     [lo, hi), most of them exactly (a few names may be tails of longer strings)."""
     np = _np()
     span = hi - lo
+    if span > _MAX_STRINGS_BYTES:
+        return
     # the run may begin with a few bytes of the CRC array that happen to be identifier
     # bytes: the first string may start at any of its first bytes
-    starts = np.union1d(_string_starts(arr, lo, hi),
-                        np.arange(lo, min(hi, lo + 16)))
+    starts = _string_starts(arr, lo, hi)
     isstart = np.zeros(span + 1, bool)
     isstart[starts - lo] = True
+    isstart[:16] = True
+    starts = np.flatnonzero(isstart[:span]) + lo
     for nf in (3, 2):
         close = np.zeros(len(words), bool)
         diff = words[nf:] - words[:-nf]
         close[:-nf] = (words[:-nf] != 0) & (np.abs(diff) < span)
         found = []
         for first, count in _runs(close, nf, MIN_ENTRIES):
-            ptrs = np.unique(words[first:first + nf * count:nf])
-            width = int(ptrs[-1]) - int(ptrs[0])
-            if width < span and len(ptrs) * 10 >= count * 9:
-                found.append((width, ptrs))
+            column = words[first:first + nf * count:nf]
+            width = int(column.max()) - int(column.min())
+            if width < span:
+                found.append((width, column))
         # the widest runs first: a table's names spread over all of __ksymtab_strings
         found.sort(key=lambda f: -f[0])
-        for width, ptrs in found[:_MAX_BASE_RUNS]:
+        for width, column in found[:_MAX_BASE_RUNS]:
+            ptrs = np.sort(column)
+            ptrs = ptrs[np.r_[True, ptrs[1:] != ptrs[:-1]]]   # names are distinct
+            if len(ptrs) * 10 < len(column) * 9:
+                continue
             # which string start the lowest pointer names: the one under which a sample
             # of the others land on string starts too
             rel = ptrs - ptrs[0]
@@ -235,6 +244,20 @@ def _entries(data: bytes, targets: np.ndarray, words: np.ndarray, mode: Mode, nf
     return out
 
 
+def _ordered(arr: np.ndarray, targets: np.ndarray) -> list[tuple[int, int]]:
+    """[a, b) of the stretches, at least MIN_ENTRIES long, where the names at *targets* are
+    in order by their first 8 bytes: only those are decoded one by one (a run of fields that
+    merely point into the strings, however long, costs no per-entry work)."""
+    np = _np()
+    idx = np.minimum(targets[:, None] + np.arange(8), len(arr) - 1)
+    head = arr[idx].astype(np.uint64)
+    head *= np.cumprod(head != 0, axis=1).astype(np.uint64)   # nothing after the NUL
+    key = (head << (np.arange(7, -1, -1, dtype=np.uint64) * np.uint64(8))).sum(axis=1)
+    breaks = np.flatnonzero(key[1:] < key[:-1]) + 1
+    edges = np.r_[0, breaks, len(key)]
+    return [(int(a), int(b)) for a, b in pairwise(edges) if b - a >= MIN_ENTRIES]
+
+
 def _sorted_segments(entries: list[_Entry]) -> list[list[_Entry]]:
     segs: list[list[_Entry]] = [[entries[0]]]
     for e in entries[1:]:
@@ -273,8 +296,9 @@ def _tables(data: bytes, arr: np.ndarray, words: np.ndarray, targets: np.ndarray
         ok[0] = False   # a name field follows the value field
         segs: list[list[_Entry]] = []
         for first, count in _runs(ok, nf, MIN_ENTRIES):
-            ents = _entries(data, targets, words, mode, nf, first, count, lo, hi)
-            segs.extend(s for s in _sorted_segments(ents) if len(s) >= MIN_ENTRIES)
+            for a, b in _ordered(arr, targets[first:first + nf * count:nf]):
+                ents = _entries(data, targets, words, mode, nf, first + nf * a, b - a, lo, hi)
+                segs.extend(s for s in _sorted_segments(ents) if len(s) >= MIN_ENTRIES)
         es = nf * mode.width
         segs = _disjoint(segs, es)
         if not segs:
@@ -321,7 +345,9 @@ def _check(tables: list[list[_Entry]], data: bytes, arr: np.ndarray, lo: int, hi
     starts = _string_starts(arr, start, end)
     unused = starts[~np.isin(starts, np.fromiter(used, np.int64))]
     if len(unused):
-        raise _Fail(f"{len(unused)} strings of __ksymtab_strings are named by no entry "
+        many = ("s", "are") if len(unused) > 1 else ("", "is")
+        raise _Fail(f"{len(unused)} string{many[0]} of __ksymtab_strings {many[1]} named by "
+                    "no entry "
                     f"(first: {_cstr(data, int(unused[0]), end)[:40]!r} at {int(unused[0]):#x})")
     return start, end
 
