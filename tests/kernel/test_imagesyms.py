@@ -22,7 +22,7 @@ from fastlkm.kernel.symvers import parse_symvers, vmlinux_exports
 from fastlkm.kernel.tree import exports_from_image
 from fastlkm.kernel.vmlinuz import image_form, payloads
 from fastlkm.loader.loader import Loader, load_order
-from fastlkm.target import System, open_system
+from fastlkm.target import System, compare_sources, open_system
 from tests.conftest import corpus_module
 
 # -- synthetic images ----------------------------------------------------------------------------
@@ -420,6 +420,11 @@ def test_resolve_from_the_image_alone(name: str, system: Callable[..., System]) 
     results = [loader.load(m) for m in load_order(s.modules, kernel=s.kernel)]
     failures = [m.text for r in results for m in r.failures]
     assert len(results) == len(s.modules) and not failures, failures[:10]
+    # --compare: the headers' Module.symvers agrees with the image, export for export
+    assert s.tree is not None
+    notes = compare_sources(s.tree, s.kernel)
+    assert f"Module.symvers agrees with vmlinuz ({len(s.kernel.exports)} exports)" in notes
+    assert not [n for n in notes if "disagree" in n]
 
 
 @pytest.mark.corpus

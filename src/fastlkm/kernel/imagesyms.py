@@ -371,11 +371,11 @@ def _attach(tables: list[list[_Entry]], data: bytes, mode: Mode, nf: int, string
 
     if gap == 0:
         pass
-    elif one_table and gap == n and (f := flags_at(after)) is not None:
+    elif gap == n and (f := flags_at(after)) is not None:
         flags = f
     elif gap - pad == 4 * n:
         crcs = _crc_list(data, crc_at, n, mode.endian)
-    elif one_table and gap - pad == 5 * n and (f := flags_at(crc_at + 4 * n)) is not None:
+    elif gap - pad == 5 * n and (f := flags_at(crc_at + 4 * n)) is not None:
         crcs, flags = _crc_list(data, crc_at, n, mode.endian), f
     else:
         notes.append(f"the {gap} bytes between the export tables ({n} entries) and "
@@ -422,7 +422,7 @@ def _try_targets(data: bytes, arr: np.ndarray, mode: Mode, words: np.ndarray,
     for t, sec, lic in zip(tables, names, licenses, strict=False):
         for e in t:
             fl = flags[i] if flags is not None else 0
-            if flags is not None:
+            if flags is not None and len(tables) == 1:
                 lic = License.GPL_ONLY if fl & KSYM_FLAG_GPL_ONLY else License.NOT_GPL_ONLY
             exports.append(Export(e.name.decode(), lic, e.ns.decode(),
                                   crcs[i] if crcs is not None else None, sec, fl))
