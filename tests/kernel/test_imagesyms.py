@@ -20,10 +20,11 @@ from fastlkm.kernel.facts import KSYM_FLAG_GPL_ONLY, Export, License
 from fastlkm.kernel.imagesyms import MODES, Mode, Recovered, recover_exports
 from fastlkm.kernel.symvers import parse_symvers, vmlinux_exports
 from fastlkm.kernel.tree import exports_from_image
-from fastlkm.kernel.vmlinuz import image_form, payloads
+from fastlkm.kernel.vmlinuz import describe, image_form, payloads
 from fastlkm.loader.loader import Loader, load_order
 from fastlkm.target import System, compare_sources, open_system
 from tests.conftest import corpus_module
+from tests.kernel.test_vmlinuz import zboot
 
 # -- synthetic images ----------------------------------------------------------------------------
 
@@ -326,6 +327,19 @@ def test_payloads_of_each_form() -> None:
     # gzip'd arm64 Image, as Debian ships some
     (p, *_) = payloads(compress(bytes(arm64), "gzip"))
     assert p.form == "gzip-compressed arm64 Image" and p.data == bytes(arm64)
+
+
+def test_raw_image_in_an_efi_zboot_image(tmp_path: Path) -> None:
+    """arm64's EFI zboot: the header names the payload, which decodes to a raw Image."""
+    img = Image(Mode(4, True, "<"))
+    raw = bytearray(img.data)
+    raw[0x38:0x3C] = b"ARM\x64"
+    path = tmp_path / "vmlinuz"
+    path.write_bytes(zboot(compress(bytes(raw), "zstd"), b"zstd"))
+    got = exports_from_image(path)
+    assert got.exports == img.expected and got.machine == 0
+    assert got.how.startswith("EFI zboot, zstd payload, tables recovered: PREL32 little-endian")
+    assert describe(bytes(raw)) == "arm64 Image (the kernel's loaded bytes, no ELF)"
 
 
 def test_image_in_an_elf_decompressor(tmp_path: Path) -> None:

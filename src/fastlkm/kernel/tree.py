@@ -181,6 +181,7 @@ class ImageExports:
     exports: list[Export]
     machine: int       # e_machine of an ELF vmlinux, 0 for a raw image
     how: str           # where in the image the tables were found, for notes
+    recovered: bool    # from the loaded bytes (kernel/imagesyms.py), not ELF sections
 
 
 def exports_from_image(path: Path) -> ImageExports:
@@ -199,15 +200,15 @@ def exports_from_image(path: Path) -> ImageExports:
                 failures.append(e)
                 continue
             if elf.section("__ksymtab") is not None or elf.section("__ksymtab_gpl") is not None:
-                return ImageExports(read_exports(elf), elf.machine, f"{p.form}, __ksymtab "
-                                    "sections")
+                return ImageExports(read_exports(elf), elf.machine,
+                                    f"{p.form}, __ksymtab sections", recovered=False)
         try:
             got = recover_exports(p.data, str(path))
         except FormatError as e:
             failures.append(e)
             continue
         how = f"{p.form}, tables recovered: {got.describe()}"
-        return ImageExports(got.exports, 0, "; ".join((how, *got.notes)))
+        return ImageExports(got.exports, 0, "; ".join((how, *got.notes)), recovered=True)
     if failures:
         raise failures[0]
     if undecodable:
@@ -246,7 +247,7 @@ def load_kernel(tree: Tree, prefer: str | None = None,
             if src in ("vmlinux", "vmlinuz"):
                 image = exports_from_image(path)
                 exports, machine = image.exports, image.machine
-                if not image.how.startswith("ELF vmlinux"):
+                if image.recovered:
                     notes.append(f"{src}: {image.how}")
             elif src == "System.map":
                 got = exports_from_system_map(path)

@@ -290,10 +290,13 @@ def describe(data: Buffer) -> str:
     if layout.kind == "compressed":
         return f"{layout.fmt}-compressed file"
     if layout.kind == "image":
+        form = image_form(data)
+        if form == "arm64 Image":
+            return "arm64 Image (the kernel's loaded bytes, no ELF)"
         first = next(_candidates(bytes(data)), None)
         if first is None:
-            return "kernel image without compressed streams"
-        return f"kernel image, first compressed stream {first[1]} at offset {first[0]:#x}"
+            return f"{form} without compressed streams"
+        return f"{form}, first compressed stream {first[1]} at offset {first[0]:#x}"
     name = "EFI zboot image" if layout.kind == "EFI zboot" else layout.kind
     if layout.version is not None and layout.version < 0x0208:
         major, minor = layout.version >> 8, layout.version & 0xFF
