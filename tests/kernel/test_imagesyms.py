@@ -353,6 +353,19 @@ def test_image_in_an_elf_decompressor(tmp_path: Path) -> None:
     assert got.how.startswith("ELF image, xz payload at ")
 
 
+def test_a_truncated_payload_is_named(tmp_path: Path) -> None:
+    """A zImage cut inside its xz payload: the error is the payload's, not the wrapper's."""
+    img = Image(Mode(4, False, "<"))
+    head = bytearray(0x1000)
+    head[0x24:0x28] = struct.pack("<I", 0x016F2818)
+    stream = compress(img.data, "xz")
+    path = tmp_path / "vmlinuz"
+    path.write_bytes(bytes(head) + stream[:len(stream) // 2])
+    with pytest.raises(FormatError, match="xz") as e:
+        exports_from_image(path)
+    assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+
+
 def test_bad_image_is_one_line_and_exit_2(tmp_path: Path) -> None:
     release = "6.1.0-99-arm64"
     root = tmp_path / "root"

@@ -191,13 +191,15 @@ def exports_from_image(path: Path) -> ImageExports:
     of MIPS's ELF decompressor."""
     data = decompress_file(str(path))
     undecodable: list[DecompressError] = []
-    failures: list[FormatError] = []
+    failures: list[FormatError] = []      # of payloads decoded from the image
+    itself: list[FormatError] = []        # of the image taken as the kernel's bytes
     for p in payloads(data, str(path), errors=undecodable):
+        seen = itself if p.data is data else failures
         if p.elf:
             try:
                 elf = ElfFile(p.data, str(path))
             except FormatError as e:
-                failures.append(e)
+                seen.append(e)
                 continue
             if elf.section("__ksymtab") is not None or elf.section("__ksymtab_gpl") is not None:
                 return ImageExports(read_exports(elf), elf.machine,
@@ -205,14 +207,15 @@ def exports_from_image(path: Path) -> ImageExports:
         try:
             got = recover_exports(p.data, str(path))
         except FormatError as e:
-            failures.append(e)
+            seen.append(e)
             continue
         how = f"{p.form}, tables recovered: {got.describe()}"
         return ImageExports(got.exports, 0, "; ".join((how, *got.notes)), recovered=True)
-    if failures:
-        raise failures[0]
-    if undecodable:
-        raise undecodable[0]
+    # the most telling reason: a payload that decoded but held no tables, else a payload
+    # that did not decode (a truncated image), else why the image itself held none
+    for reasons in (failures, undecodable, itself):
+        if reasons:
+            raise reasons[0]
     raise FormatError("kernel image holds no ELF vmlinux and no raw kernel", str(path))
 
 
