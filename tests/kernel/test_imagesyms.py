@@ -48,7 +48,7 @@ class Image:
 
     def __init__(self, mode: Mode, *, fields: int = 3, n: int = 300, gpl: int = 200,
                  crcs: bool = True, single: bool = False, tails: int = 5, seed: int = 1,
-                 gap: int = 0):
+                 gap: int = 0, empty_string: bool = False):
         rng = random.Random(seed)
         names = _names(rng, n + gpl - tails)
         # a few names are tails of other names (both exported), as the linker's string
@@ -64,6 +64,8 @@ class Image:
         strings_list = [s for s in names if s not in tail_of]
         strings_list += sorted(set(ns_of.values()))
         rng.shuffle(strings_list)
+        if empty_string:   # "" a string of its own (not merged into another's NUL)
+            strings_list.insert(len(strings_list) // 2, "")
         strings = bytearray()
         at: dict[str, int] = {}
         for s in strings_list:
@@ -109,6 +111,8 @@ class Image:
                     # no namespace: NULL, or (PREL32) the empty string at some name's end
                     empty = None if not mode.prel else at[strings_list[0]] + \
                         len(strings_list[0])
+                    if empty_string:
+                        empty = at[""]
                     entries += field(2, at[ns] if ns else empty)
                 if single:
                     lic = (License.GPL_ONLY if flag_values[i] & KSYM_FLAG_GPL_ONLY
@@ -153,6 +157,12 @@ def test_every_layout(mode: Mode, fields: int, generation: str) -> None:
     assert got.strings[0] == img.strings_at
     assert [t.name for t in got.tables] == (["__ksymtab"] if generation.startswith("7")
                                             else ["__ksymtab", "__ksymtab_gpl"])
+
+
+def test_an_empty_namespace_string_of_its_own() -> None:
+    img = Image(Mode(4, True, "<"), empty_string=True)
+    assert b"\0\0" in img.data[img.strings_at:]
+    assert same(recover_exports(img.data), img)
 
 
 def test_the_wrong_byte_order_is_not_taken() -> None:

@@ -117,7 +117,8 @@ def _string_runs(arr: np.ndarray) -> list[tuple[int, int]]:
     cls = lut[arr]
     ok = cls != 0
     nul = cls == 2
-    ok[1:] &= ~(nul[1:] & nul[:-1])  # two NULs in a row end a run
+    # three NULs in a row end a run (two are an empty string, a namespace left unmerged)
+    ok[2:] &= ~(nul[2:] & nul[1:-1] & nul[:-2])
     n = len(ok) // _BLOCK * _BLOCK
     full = np.flatnonzero(ok[:n].reshape(-1, _BLOCK).all(axis=1))
     runs: list[tuple[int, int]] = []
@@ -162,9 +163,11 @@ def _words(data: bytes, mode: Mode) -> np.ndarray:
 
 
 def _string_starts(arr: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Where the non-empty strings of [lo, hi) start."""
     np = _np()
     nul = np.flatnonzero(arr[lo:hi] == 0) + lo + 1
-    return np.r_[lo, nul[nul < hi]]
+    starts = np.r_[lo, nul[nul < hi]]
+    return starts[arr[starts] != 0]
 
 
 def _find_bases(words: np.ndarray, arr: np.ndarray, lo: int, hi: int) -> Iterator[int]:
