@@ -48,9 +48,16 @@ KERNELS = {
                ("linux-image-{v}-unsigned", "linux-headers-{v}")),
         Kernel("sid-cloud-amd64", "amd64", True, r"^linux-modules-(\d+\.\d+[^ ]*-cloud-amd64)$",
                ("linux-modules-{v}", "linux-binary-{v}", "linux-base-{v}", "linux-headers-{v}")),
-        # foreign architectures, one image and its headers each: the raw kernel images
-        # (arm64 gzip'd Image, armhf zImage, s390x image, MIPS ELF without section
-        # headers) whose export tables fastlkm recovers from the loaded bytes
+    )
+}
+
+# the other architectures, one image and its headers each: kernel images that hold no ELF
+# vmlinux with sections (arm64 Image, armhf zImage, s390x's image, MIPS's ELF decompressor)
+# or an ELF vmlinux of another byte order and word size (ppc64el), whose export tables
+# fastlkm reads from the image alone (tests/kernel/test_imagesyms.py)
+IMAGE_KERNELS = {
+    k.name: k
+    for k in (
         Kernel("6.1-arm64", "arm64", False, r"^linux-image-(6\.1\.0-\d+-arm64)-unsigned$",
                ("linux-image-{v}-unsigned", "linux-headers-{v}")),
         Kernel("6.1-armmp", "armhf", False, r"^linux-image-(6\.1\.0-\d+-armmp)$",
@@ -63,6 +70,8 @@ KERNELS = {
                ("linux-image-{v}", "linux-headers-{v}")),
     )
 }
+
+ALL = {**KERNELS, **IMAGE_KERNELS}
 
 
 def _sources_uri() -> str:
@@ -116,7 +125,7 @@ def resolve(k: Kernel) -> str:
 
 def fetch(name: str) -> tuple[Path, str]:
     """Return (root, release) of kernel *name*, downloading it once."""
-    k = KERNELS[name]
+    k = ALL[name]
     done = CACHE / name / "release"
     if done.exists():
         release = done.read_text().strip()
@@ -149,7 +158,7 @@ def fetch(name: str) -> tuple[Path, str]:
 def image_package(name: str) -> Path:
     """The kernel image package (the first of the kernel's packages) of *name*, as
     downloaded: what a user holding only the image and its modules has."""
-    k = KERNELS[name]
+    k = ALL[name]
     _, release = fetch(name)
     pkg = k.packages[0].format(v=release)
     have = sorted((CACHE / "debs").glob(f"{pkg}_*_{k.arch}.deb"))
@@ -217,12 +226,12 @@ def kmod_sid() -> Path:
 
 def main(argv: list[str]) -> int:
     if "--list" in argv:
-        print("\n".join(KERNELS))
+        print("\n".join(ALL))
         return 0
     if "--kmod-sid" in argv:
         print(kmod_sid())
         return 0
-    for name in argv or list(KERNELS):
+    for name in argv or list(ALL):
         root, release = fetch(name)
         print(name, root, release)
     return 0
