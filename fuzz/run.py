@@ -54,6 +54,10 @@ def seeds(target: str, dest: Path) -> None:
         put(gzip.compress(payload))
         put(lzma.compress(payload, check=lzma.CHECK_CRC32))
         put(zstandard.ZstdCompressor().compress(payload))
+    elif target == "imagesyms":
+        # small raw images with export tables (each refused for one reason), as tests make them
+        for f in sorted((HERE / "regressions" / "imagesyms").glob("seed-*")):
+            put(f.read_bytes())
     elif target == "sysmap":
         put(b"ffffffff81000000 T _text\nffffffff82400000 r __ksymtab_printk\n"
             b"0000000012345678 A __crc_printk\n")

@@ -59,6 +59,16 @@ def vmlinuz(data: bytes) -> None:
     extract_vmlinux(data, "fuzz", limit=1 << 22)
 
 
+def imagesyms(data: bytes) -> None:
+    """Export tables recovered from a raw kernel image, and the payloads of an image."""
+    from fastlkm.kernel.imagesyms import recover_exports
+    from fastlkm.kernel.vmlinuz import payloads
+
+    for _ in payloads(data, "fuzz", limit=1 << 22):
+        pass
+    recover_exports(data, "fuzz")
+
+
 def codecs(data: bytes) -> None:
     from fastlkm.io.codecs import decompress
 
@@ -132,8 +142,8 @@ def snapshot(data: bytes) -> None:
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
-    f.__name__: f for f in (elf, scan, vmlinuz, codecs, sysmap, symvers, modinfo, depmod_d,
-                            kmod_index, sections, snapshot)
+    f.__name__: f for f in (elf, scan, vmlinuz, imagesyms, codecs, sysmap, symvers, modinfo,
+                            depmod_d, kmod_index, sections, snapshot)
 }
 
 

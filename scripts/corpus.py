@@ -54,6 +54,28 @@ KERNELS = {
     )
 }
 
+# the other architectures, one image and its headers each: kernel images that hold no ELF
+# vmlinux with sections (arm64 Image, armhf zImage, s390x's image, MIPS's ELF decompressor)
+# or an ELF vmlinux of another byte order and word size (ppc64el), whose export tables
+# fastlkm reads from the image alone (tests/kernel/test_imagesyms.py)
+IMAGE_KERNELS = {
+    k.name: k
+    for k in (
+        Kernel("6.1-arm64", "arm64", False, r"^linux-image-(6\.1\.0-\d+-arm64)-unsigned$",
+               ("linux-image-{v}-unsigned", "linux-headers-{v}")),
+        Kernel("6.1-armmp", "armhf", False, r"^linux-image-(6\.1\.0-\d+-armmp)$",
+               ("linux-image-{v}", "linux-headers-{v}")),
+        Kernel("6.1-powerpc64le", "ppc64el", False, r"^linux-image-(6\.1\.0-\d+-powerpc64le)$",
+               ("linux-image-{v}", "linux-headers-{v}")),
+        Kernel("6.1-s390x", "s390x", False, r"^linux-image-(6\.1\.0-\d+-s390x)$",
+               ("linux-image-{v}", "linux-headers-{v}")),
+        Kernel("6.1-5kc-malta", "mips64el", False, r"^linux-image-(6\.1\.0-\d+-5kc-malta)$",
+               ("linux-image-{v}", "linux-headers-{v}")),
+    )
+}
+
+ALL = {**KERNELS, **IMAGE_KERNELS}
+
 
 def _sources_uri() -> str:
     """The first URIs: line of the machine's own Debian sources."""
@@ -130,7 +152,7 @@ def _keep(tmp: Path, dest: Path, names: tuple[str, ...]) -> Path:
 
 def fetch(name: str) -> tuple[Path, str]:
     """Return (root, release) of kernel *name*, downloading it once."""
-    k = KERNELS[name]
+    k = ALL[name]
     done = CACHE / name / "release"
     if done.exists():
         release = done.read_text().strip()
@@ -147,6 +169,20 @@ def fetch(name: str) -> tuple[Path, str]:
         (Path(tmp) / "release").write_text(release + "\n")
         _keep(Path(tmp), CACHE / name, ("root", "release"))
     return CACHE / name / "root", release
+
+
+def image_package(name: str) -> Path:
+    """The kernel image package (the first of the kernel's packages) of *name*, as
+    downloaded: what a user holding only the image and its modules has."""
+    k = ALL[name]
+    _, release = fetch(name)
+    pkg = k.packages[0].format(v=release)
+    have = sorted((CACHE / "debs").glob(f"{pkg}_*_{k.arch}.deb"))
+    if not have:
+        subprocess.run(["apt-get", *_apt_options(k), "-qq", "download", pkg],
+                       cwd=CACHE / "debs", check=True)
+        have = sorted((CACHE / "debs").glob(f"{pkg}_*_{k.arch}.deb"))
+    return have[-1]
 
 
 def shadow_root(root: Path, release: str, dest: Path) -> Path:
@@ -262,7 +298,7 @@ def kmod_testsuite() -> Path:
 
 def main(argv: list[str]) -> int:
     if "--list" in argv:
-        print("\n".join(KERNELS))
+        print("\n".join(ALL))
         return 0
     if "--kmod-sid" in argv:
         print(kmod_sid())
@@ -270,7 +306,7 @@ def main(argv: list[str]) -> int:
     if "--kmod-testsuite" in argv:
         print(kmod_testsuite())
         return 0
-    for name in argv or list(KERNELS):
+    for name in argv or list(ALL):
         root, release = fetch(name)
         print(name, root, release)
     return 0

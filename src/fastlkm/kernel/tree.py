@@ -16,16 +16,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastlkm.elf.reader import ElfFile
-from fastlkm.errors import FastlkmError, FormatError, NotFoundError, result_or_error
+from fastlkm.errors import (
+    DecompressError,
+    FastlkmError,
+    FormatError,
+    NotFoundError,
+    result_or_error,
+)
 from fastlkm.io.codecs import decompress_file
 from fastlkm.kernel.facts import Export, Kernel, Module
+from fastlkm.kernel.imagesyms import recover_exports
 from fastlkm.kernel.kconfig import parse_config
 from fastlkm.kernel.ksymtab import read_exports
 from fastlkm.kernel.modname import MODULE_DIRS
 from fastlkm.kernel.module import read_module
 from fastlkm.kernel.symvers import parse_symvers, vmlinux_exports
 from fastlkm.kernel.sysmap import is_stub, parse_system_map
-from fastlkm.kernel.vmlinuz import extract_vmlinux
+from fastlkm.kernel.vmlinuz import payloads
 
 
 def resolve_in_root(root: Path | None, path: Path) -> Path:
@@ -169,14 +176,47 @@ def _describe(moddir: Path, release: str, root: Path | None) -> Tree:
 # --- the kernel's own exports ---------------------------------------------------------
 
 
-def exports_from_image(path: Path) -> tuple[list[Export], int, str | None]:
-    """(exports, e_machine, vermagic) from a vmlinux or vmlinuz file."""
+@dataclass(frozen=True)
+class ImageExports:
+    exports: list[Export]
+    machine: int       # e_machine of an ELF vmlinux, 0 for a raw image
+    how: str           # where in the image the tables were found, for notes
+    recovered: bool    # from the loaded bytes (kernel/imagesyms.py), not ELF sections
+
+
+def exports_from_image(path: Path) -> ImageExports:
+    """vmlinux's exports from a vmlinux or vmlinuz file: from the ``__ksymtab*`` sections of
+    the ELF vmlinux it is or holds, else recovered from the loaded bytes of the kernel
+    (kernel/imagesyms.py) -- an arm64 Image, the payload of a zImage, of s390x's image or
+    of MIPS's ELF decompressor."""
     data = decompress_file(str(path))
-    data = extract_vmlinux(data, str(path))
-    elf = ElfFile(data, str(path))
-    if elf.section("__ksymtab") is None and elf.section("__ksymtab_gpl") is None:
-        raise FormatError("kernel image has no __ksymtab section", str(path))
-    return read_exports(elf), elf.machine, None
+    undecodable: list[DecompressError] = []
+    failures: list[FormatError] = []      # of payloads decoded from the image
+    itself: list[FormatError] = []        # of the image taken as the kernel's bytes
+    for p in payloads(data, str(path), errors=undecodable):
+        seen = itself if p.data is data else failures
+        if p.elf:
+            try:
+                elf = ElfFile(p.data, str(path))
+            except FormatError as e:
+                seen.append(e)
+                continue
+            if elf.section("__ksymtab") is not None or elf.section("__ksymtab_gpl") is not None:
+                return ImageExports(read_exports(elf), elf.machine,
+                                    f"{p.form}, __ksymtab sections", recovered=False)
+        try:
+            got = recover_exports(p.data, str(path))
+        except FormatError as e:
+            seen.append(e)
+            continue
+        how = f"{p.form}, tables recovered: {got.describe()}"
+        return ImageExports(got.exports, 0, "; ".join((how, *got.notes)), recovered=True)
+    # the most telling reason: a payload that decoded but held no tables, else a payload
+    # that did not decode (a truncated image), else why the image itself held none
+    for reasons in (failures, undecodable, itself):
+        if reasons:
+            raise reasons[0]
+    raise FormatError("kernel image holds no ELF vmlinux and no raw kernel", str(path))
 
 
 def exports_from_symvers(path: Path) -> list[Export]:
@@ -208,7 +248,10 @@ def load_kernel(tree: Tree, prefer: str | None = None,
             continue
         try:
             if src in ("vmlinux", "vmlinuz"):
-                exports, machine, _ = exports_from_image(path)
+                image = exports_from_image(path)
+                exports, machine = image.exports, image.machine
+                if image.recovered:
+                    notes.append(f"{src}: {image.how}")
             elif src == "System.map":
                 got = exports_from_system_map(path)
                 if got is None:

@@ -3,8 +3,9 @@
 Boot loaders do not need the ELF file, but fastlkm does: its ``__ksymtab`` sections are the
 kernel's exports. An x86 bzImage carries it compressed (with the relocations appended) and says
 where in its setup header; other images are searched for a compressed stream that decodes to
-ELF. Raw images (arm64 ``Image``, ARM ``zImage``, the payload of an EFI zboot image) hold no
-ELF file, only the loaded bytes, and are reported as such.
+ELF. Raw images (arm64 ``Image``, the payload of an ARM ``zImage``, of s390x's image, of an
+EFI zboot image or of MIPS's ELF decompressor) hold no ELF file, only the loaded bytes:
+``payloads()`` offers them too, for the export tables to be recovered from (imagesyms.py).
 """
 
 from __future__ import annotations
@@ -192,6 +193,92 @@ def extract_vmlinux(data: Buffer, path: str | None = None, *, limit: int | None 
     return _extract(data if isinstance(data, bytes) else bytes(data), path, limit, nested=False)
 
 
+# arm64 Image header (Documentation/arch/arm64/booting.rst): "ARM\x64" at 0x38; ARM zImage
+# (arch/arm/boot/compressed/head.S): 0x016f2818 at 0x24, in the image's byte order
+_ARM64_MAGIC = (0x38, b"ARM\x64")
+_ZIMAGE_MAGIC = (0x24, (b"\x18\x28\x6f\x01", b"\x01\x6f\x28\x18"))
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A candidate for the kernel proper inside an image: an ELF file, or loaded bytes."""
+
+    form: str        # for messages: "arm64 Image", "zImage, xz payload at 0xe7a5", ...
+    data: bytes
+    elf: bool
+
+
+def image_form(data: Buffer) -> str:
+    """What a kernel image that is neither ELF nor bzImage nor EFI zboot is, by its magic."""
+    view = memoryview(data)
+    at, magic = _ARM64_MAGIC
+    if bytes(view[at:at + 4]) == magic:
+        return "arm64 Image"
+    at, magics = _ZIMAGE_MAGIC
+    if bytes(view[at:at + 4]) in magics:
+        return "zImage"
+    return "kernel image"
+
+
+def _streams(data: bytes, form: str, limit: int, path: str | None,
+             errors: list[DecompressError]) -> Iterator[Payload]:
+    # no kernel counterpart: the image's own decompressor knows where its payload is; here
+    # each embedded stream, in file order, is decoded and offered
+    view = memoryview(data)
+    for offset, fmt in _candidates(data):
+        try:
+            inner = _decompress_at(view, offset, len(view), fmt, limit, path)
+        except DecompressError as e:
+            errors.append(e)
+            continue
+        yield Payload(f"{form}, {fmt} payload at {offset:#x}", inner, inner[:4] == _ELF_MAGIC)
+
+
+def payloads(data: Buffer, path: str | None = None, *, limit: int | None = None,
+             errors: list[DecompressError] | None = None) -> Iterator[Payload]:
+    """The candidates for the kernel proper in the image *data*, most likely first.
+
+    An ELF file is offered as it is, then the streams embedded in it (MIPS's vmlinuz is an
+    ELF decompressor); a bzImage's or EFI zboot image's payload is taken from its header; an
+    arm64 Image is its own payload; anything else offers each compressed stream it holds (at
+    most 64), then itself.  Streams that do not decode are skipped and appended to *errors*.
+    """
+    if limit is None:
+        limit = max_decompressed()
+    errs = errors if errors is not None else []
+    raw = data if isinstance(data, bytes) else bytes(data)
+    try:
+        layout = probe(raw)
+    except FormatError as e:
+        raise (e.with_path(path) if path else e) from None
+    if layout.kind == "compressed":
+        inner = decompress(memoryview(raw), layout.fmt, limit=limit, path=path)
+        if inner[:4] == _ELF_MAGIC:
+            yield Payload(f"{layout.fmt}-compressed ELF vmlinux", inner, True)
+        else:
+            yield Payload(f"{layout.fmt}-compressed {image_form(inner)}", inner, False)
+            yield from _streams(inner, f"{layout.fmt}-compressed image", limit, path, errs)
+        return
+    if layout.kind == "ELF":
+        yield Payload("ELF vmlinux", raw, True)
+        yield from _streams(raw, "ELF image", limit, path, errs)
+        return
+    if layout.kind in ("bzImage", "EFI zboot") and layout.length is not None:
+        if layout.fmt not in CODECS:
+            raise FormatError(f"{layout.kind} payload is not compressed in any known format",
+                              path, layout.offset)
+        end = layout.offset + layout.length
+        inner = _decompress_at(memoryview(raw), layout.offset, end, layout.fmt, limit, path)
+        yield Payload(f"{layout.kind}, {layout.fmt} payload", inner, inner[:4] == _ELF_MAGIC)
+        return
+    form = image_form(raw)
+    if form == "arm64 Image":
+        yield Payload(form, raw, False)
+        return
+    yield from _streams(raw, form, limit, path, errs)
+    yield Payload(form, raw, False)
+
+
 def describe(data: Buffer) -> str:
     """A short description of a kernel image for messages, e.g. "bzImage, zstd payload"."""
     try:
@@ -203,10 +290,13 @@ def describe(data: Buffer) -> str:
     if layout.kind == "compressed":
         return f"{layout.fmt}-compressed file"
     if layout.kind == "image":
+        form = image_form(data)
+        if form == "arm64 Image":
+            return "arm64 Image (the kernel's loaded bytes, no ELF)"
         first = next(_candidates(bytes(data)), None)
         if first is None:
-            return "kernel image without compressed streams"
-        return f"kernel image, first compressed stream {first[1]} at offset {first[0]:#x}"
+            return f"{form} without compressed streams"
+        return f"{form}, first compressed stream {first[1]} at offset {first[0]:#x}"
     name = "EFI zboot image" if layout.kind == "EFI zboot" else layout.kind
     if layout.version is not None and layout.version < 0x0208:
         major, minor = layout.version >> 8, layout.version & 0xFF
