@@ -14,12 +14,14 @@ from fastlkm.elf.structs import (
 )
 from fastlkm.errors import FastlkmError
 from fastlkm.io.codecs import decompress_file
-from fastlkm.kernel.facts import Import, Module
+from fastlkm.kernel.facts import Import, Module, ThisModule
 from fastlkm.kernel.ksymtab import kmod_symbols, read_exports
 from fastlkm.kernel.modinfo import read_modinfo
 from fastlkm.kernel.modname import modname
 from fastlkm.kernel.modversions import read_versions
 from fastlkm.kernel.signature import MODULE_SIG_STRING
+
+THIS_MODULE = ".gnu.linkonce.this_module"
 
 
 def parse_module(data: bytes, path: str, relpath: str | None = None) -> Module:
@@ -41,6 +43,9 @@ def parse_module(data: bytes, path: str, relpath: str | None = None) -> Module:
         imports.append(Import(s.name, s.bind == STB_WEAK, crc_of.get(s.name)))
     common = [s.name for s in elf.symbols_where(shndx=SHN_COMMON)]
     ks = kmod_symbols(elf)
+    mods = [sec for sec in elf.sections if sec.name == THIS_MODULE]
+    this = ThisModule(len(mods), mods[-1].type, mods[-1].flags, mods[-1].size) if mods \
+        else ThisModule(0, 0, 0, 0)
     names = {e.name for e in exports}
     return Module(
         name=modname(path),
@@ -54,6 +59,7 @@ def parse_module(data: bytes, path: str, relpath: str | None = None) -> Module:
         machine=elf.machine,
         kmod_symbols=None if set(ks) == names and len(ks) == len(names) else tuple(ks),
         common=tuple(common),
+        this_module=this,
     )
 
 

@@ -23,6 +23,7 @@ from fastlkm.kernel.kconfig import parse_config
 from fastlkm.kernel.ksymtab import read_exports
 from fastlkm.kernel.modname import MODULE_DIRS
 from fastlkm.kernel.module import read_module
+from fastlkm.kernel.signature import system_certificates
 from fastlkm.kernel.symvers import parse_symvers, vmlinux_exports
 from fastlkm.kernel.sysmap import is_stub, parse_system_map
 from fastlkm.kernel.vmlinuz import extract_vmlinux
@@ -169,14 +170,20 @@ def _describe(moddir: Path, release: str, root: Path | None) -> Tree:
 # --- the kernel's own exports ---------------------------------------------------------
 
 
-def exports_from_image(path: Path) -> tuple[list[Export], int, str | None]:
-    """(exports, e_machine, vermagic) from a vmlinux or vmlinuz file."""
+def exports_from_image(path: Path) -> tuple[list[Export], int, tuple[bytes, ...]]:
+    """(exports, e_machine, the built-in X.509 certificates) from a vmlinux or vmlinuz
+    file."""
     data = decompress_file(str(path))
     data = extract_vmlinux(data, str(path))
     elf = ElfFile(data, str(path))
     if elf.section("__ksymtab") is None and elf.section("__ksymtab_gpl") is None:
         raise FormatError("kernel image has no __ksymtab section", str(path))
-    return read_exports(elf), elf.machine, None
+    return read_exports(elf), elf.machine, system_certificates(data)
+
+
+def certificates_from_image(path: Path) -> tuple[bytes, ...]:
+    """The X.509 certificates compiled into a vmlinux or vmlinuz file."""
+    return system_certificates(extract_vmlinux(decompress_file(str(path)), str(path)))
 
 
 def exports_from_symvers(path: Path) -> list[Export]:
@@ -202,13 +209,14 @@ def load_kernel(tree: Tree, prefer: str | None = None,
             raise NotFoundError(f"no {prefer} found for {tree.release}", str(tree.moddir))
         order = [prefer]
     machine = 0
+    certs: tuple[bytes, ...] | None = None
     for src in order:
         path = tree.sources.get(src)
         if path is None:
             continue
         try:
             if src in ("vmlinux", "vmlinuz"):
-                exports, machine, _ = exports_from_image(path)
+                exports, machine, certs = exports_from_image(path)
             elif src == "System.map":
                 got = exports_from_system_map(path)
                 if got is None:
@@ -231,10 +239,18 @@ def load_kernel(tree: Tree, prefer: str | None = None,
             # relative to the root, so a snapshot does not carry this machine's paths
             with contextlib.suppress(ValueError):
                 shown = path.relative_to(tree.root)
+        if certs is None:
+            certs = ()
+            image = tree.vmlinux or tree.vmlinuz
+            if image is not None:
+                try:
+                    certs = certificates_from_image(image)
+                except FastlkmError as e:
+                    notes.append(f"built-in keys not read: {e.with_path(str(image))}")
         return Kernel(
             release=tree.release, exports=tuple(exports), source=f"{src} {shown}",
             machine=machine, modversions=config.get("CONFIG_MODVERSIONS") == "y",
-            config=config,
+            config=config, certificates=certs,
         )
     raise NotFoundError(f"no usable source of the kernel's exports for {tree.release} "
                         f"(looked for vmlinux, vmlinuz, System.map, Module.symvers)",
