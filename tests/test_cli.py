@@ -70,7 +70,13 @@ def test_check_out_of_tree_module(corpus, tmp_path: Path,
     out = capsys.readouterr().out
     assert "8021q: would load on" in out and "mrp" in out
     pro = tmp_path / "8021q.ko"
+    # still signed: the changed bytes no longer match the signature (EKEYREJECTED, even
+    # without enforcement, and the kernel says nothing)
     pro.write_bytes(mutate.set_license(ko.read_bytes(), "Pro"))
+    assert main(["check", str(pro), "--kernel", str(root), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["loads"], doc["error"], doc["messages"]) == (False, "EKEYREJECTED", [])
+    pro.write_bytes(mutate.unsigned(mutate.set_license(ko.read_bytes(), "Pro")))
     assert main(["check", str(pro), "--kernel", str(root), "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert not doc["loads"]
