@@ -267,8 +267,9 @@ def _notes(system: System, loader: Loader, mod: Module, sig: SigCheck, extra: in
     k = system.kernel
     notes = []
     if loader.module_sig:
-        keys = f"{len(k.certificates)} key(s) built into vmlinux" + \
-            (f" and {extra} given with --key" if extra else "")
+        keys = (f"{len(k.certificates)} key(s) built into vmlinux" if k.certificates else
+                "no key built into vmlinux known (none found, or a snapshot written "
+                "without them)") + (f" and {extra} given with --key" if extra else "")
         enforced = "enforced" if loader.sig_enforce else "not enforced"
         if sig.ok:
             notes.append(f"signature verified by {sig.key} ({keys}; {enforced})")
