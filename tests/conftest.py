@@ -41,7 +41,14 @@ def corpus_module() -> ModuleType:
             require_mark("corpus", "sid's kmod")
             return kmod_sid()
 
-        module.fetch, module.kmod_sid = guarded_fetch, guarded_kmod_sid
+        kbuild = module.kbuild
+
+        def guarded_kbuild(name: str) -> Path:
+            require_mark("corpus", f"the headers of {name}")
+            return kbuild(name)
+
+        module.fetch, module.kmod_sid, module.kbuild = \
+            guarded_fetch, guarded_kmod_sid, guarded_kbuild
         _CORPUS_MODULE.append(module)
     return _CORPUS_MODULE[0]
 
