@@ -60,6 +60,7 @@ def test_gpl_only_invisible_to_proprietary_module() -> None:
     L = Loader(kernel(Export("g", License.GPL_ONLY), Export("p")))
     r = L.load(mod("prop", ("g", "p"), info=(("license", "Proprietary"),)))
     assert texts(r) == ["prop: module license 'Proprietary' taints kernel.",
+                        "Disabling lock debugging due to kernel taint",
                         "prop: Unknown symbol g (err -2)"]
     # the taint message is printed once per boot
     r = L.load(mod("prop2", ("p",), info=()))
@@ -116,7 +117,8 @@ def test_modversions_crc_mismatch() -> None:
 def test_no_versions_forces_load_with_taint_or_fails() -> None:
     k = kernel(Export("s", crc=1), modversions=True)
     r = Loader(k).load(mod("m", ("s",)))
-    assert r.ok and texts(r) == ["m: s: kernel tainted."]
+    assert r.ok and texts(r) == ["m: s: kernel tainted.",
+                                 "Disabling lock debugging due to kernel taint"]
     k2 = dataclasses.replace(k, config={"CONFIG_MODULE_FORCE_LOAD": "n"})
     r = Loader(k2).load(mod("m", ("s",)))
     assert not r.ok and texts(r)[-1] == "m: Unknown symbol s (err -22)"
@@ -186,6 +188,7 @@ def test_taint_lines_once_per_boot_in_the_kernels_order() -> None:
         "a: module is from the staging directory, the quality is unknown, you have been "
         "warned.",
         "a: module license 'Pro' taints kernel.",
+        "Disabling lock debugging due to kernel taint",
         "a: loading test module taints kernel.",
         "a: module verification failed: signature and/or required key missing - tainting "
         "kernel"]

@@ -164,6 +164,7 @@ class Loader:
         self._seq = 0
         self.tainted_proprietary = False
         self.taints: set[str] = set()       # the taint flags set so far this boot
+        self.debug_locks = True             # until a taint makes lockdep unreliable
         # the load_module() of 6.4 on (module_augment_kernel_taints(), the checks of
         # .gnu.linkonce.this_module in elf_validity_check()): the proprietary taint is
         # sampled before the license check, so the module that sets it also gets the
@@ -314,7 +315,16 @@ class Loader:
             res.messages.append(Message(f"{name}: {reason}: kernel tainted.", "forced",
                                         error=False))
         self.tainted_forced = True
+        self._lockdep_unreliable(res)
         return 0
+
+    def _lockdep_unreliable(self, res: LoadResult) -> None:
+        """add_taint(..., LOCKDEP_NOW_UNRELIABLE): the first such taint of a boot turns
+        lock debugging off and says so (kernel/panic.c)."""
+        if self.debug_locks:
+            res.messages.append(Message("Disabling lock debugging due to kernel taint",
+                                        "taint", error=False))
+        self.debug_locks = False
 
     def _check_modinfo(self, module: Module, name: str, res: LoadResult) -> None:
         """check_modinfo(): the version magic and livepatch support; sets res.err."""
@@ -363,6 +373,7 @@ class Loader:
                 res.messages.append(Message(f"{name}: module license '{lic}' taints kernel.",
                                             "license_taint", error=False))
             self.tainted_proprietary = True
+            self._lockdep_unreliable(res)
         if module.info1("test") is not None:
             self._taint_once("N", f"{name}: loading test module taints kernel.", res)
         if self.module_sig and not sig_ok:
@@ -375,6 +386,7 @@ class Loader:
             proprietary = True
         if name in ("ndiswrapper", "driverloader", "lve"):
             self.tainted_proprietary = True
+            self._lockdep_unreliable(res)
         if self.split_load_module and not prev_proprietary and self.tainted_proprietary:
             # seen under QEMU on Debian's 6.12 and 7.2, not on 6.1
             # (tests/loader/test_kernel_verdicts.py)
