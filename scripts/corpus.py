@@ -194,8 +194,9 @@ def kbuild(name: str) -> Path:
     """The headers of kernel *name* ready for ``make -C DIR M=MODDIR modules``, as DKMS
     builds an out-of-tree module: linux-headers-VERSION with the packages it depends on
     (linux-headers-BASE-common, linux-kbuild-BASE), unpacked into a root of their own
-    under the cache.  The one absolute path among them (the flavour's Makefile includes
-    /usr/src/linux-headers-BASE-common/Makefile) is pointed into that root."""
+    under the cache.  The absolute paths among them (the flavour's Makefile includes
+    /usr/src/linux-headers-BASE-common/Makefile; on 7.x it also sets KBUILD_OUTPUT to
+    its own /usr/src path) are pointed into that root."""
     k = KERNELS[name]
     dest = CACHE / f"{name}-kbuild"
     done = dest / "headers"
@@ -212,7 +213,7 @@ def kbuild(name: str) -> Path:
     depends = subprocess.run(["dpkg-deb", "-f", str(headers), "Depends"], capture_output=True,
                              text=True, check=True).stdout
     wanted = [headers.name.split("_")[0], *sorted(
-        {m.group(0) for m in re.finditer(r"linux-(headers-[^ ,|]+-common|kbuild-[^ ,|]+)",
+        {m.group(0) for m in re.finditer(r"linux-(headers-[^\s,|]+-common|kbuild-[^\s,|]+)",
                                          depends)})]
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         root = Path(tmp) / "root"
@@ -229,8 +230,8 @@ def kbuild(name: str) -> Path:
         root.rename(dest / "root")
     src = dest / "root/usr/src" / f"linux-headers-{release}"
     makefile = src / "Makefile"
-    makefile.write_text(makefile.read_text().replace("include /usr/src/",
-                                                     f"include {dest}/root/usr/src/"))
+    makefile.write_text(re.sub(r"(?<![\w./-])/usr/src/", f"{dest}/root/usr/src/",
+                               makefile.read_text()))
     done.write_text(f"{src}\n")
     return src
 

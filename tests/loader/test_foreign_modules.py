@@ -1,10 +1,12 @@
-"""Modules built elsewhere, judged by the kernel itself: an out-of-tree module built
-against Debian's headers (unsigned, and signed with a throwaway key), the same module
-built for the other kernel generation, a module of Debian's other kernel, another
-architecture's module, a Debian-signed module with one byte changed and the same module
-intact -- booted once per kernel as Debian boots (signatures not enforced) and once with
-``module.sig_enforce=1``.  For every insmod, fastlkm's lines must be the kernel's lines
-and its verdict the kernel's; each module file alone through ``fastlkm check`` must say
+"""Modules built elsewhere, judged by the kernel itself (Debian's 6.1, 6.12 and 7.x under
+QEMU): an out-of-tree module built against Debian's headers (unsigned, and signed with a
+throwaway key; on 7.x, whose headers want a newer gcc than Debian 12's, two of its own
+modules made out-of-tree instead), the module built for each other generation, a module
+of each of Debian's other kernels, another architecture's module, a Debian-signed module
+with one byte changed and the same module intact -- booted once per kernel as Debian
+boots (signatures not enforced) and once with ``module.sig_enforce=1``.  For every
+insmod, fastlkm's lines must be the kernel's lines and its verdict the kernel's; each
+module file alone through ``fastlkm check`` (from the tree and from a snapshot) must say
 what the kernel says of it when it is the first of its kind in a boot."""
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ import pytest
 
 from fastlkm.io.codecs import decompress_file
 from fastlkm.kernel.module import parse_module
-from fastlkm.kernel.signature import EKEYREJECTED, verify_module
+from fastlkm.kernel.signature import EKEYREJECTED, sign, verify_module
 from fastlkm.loader.loader import Loader, dependency_map
 from fastlkm.snapshot import save
 from fastlkm.target import System, to_snapshot
 from fastlkm.verdicts import check_many
 from tests.conftest import corpus_module, require_tools, skip_or_fail
+from tests.loader import mutate
 from tests.qemu import boot_and_insmod, lines_by_insmod, missing_tools
 
-BOOTED = ("6.1-cloud-amd64", "6.12-amd64")
+BOOTED = ("6.1-cloud-amd64", "6.12-amd64", "sid-cloud-amd64")
+# the kernels whose headers build here (7.x wants a newer gcc than Debian 12's)
+BUILT = ("6.1-cloud-amd64", "6.12-amd64")
 FOREIGN_ARCH = "6.1-686"
 # timekeeping and entropy chatter that can land between two insmods on a slow emulated
 # boot; no module causes it
@@ -77,7 +82,7 @@ def built(tmp_path_factory: pytest.TempPathFactory,
           corpus: Callable[[str], tuple[Path, str]]) -> dict[str, Built]:
     require_tools("make", "gcc", "openssl", "pahole")
     out = {}
-    for name in BOOTED:
+    for name in BUILT:
         corpus(name)
         try:
             headers = corpus_module().kbuild(name)
@@ -87,14 +92,15 @@ def built(tmp_path_factory: pytest.TempPathFactory,
     return out
 
 
-def _quiet_leaf(s: System) -> Path:
-    """A module of *s* without dependencies under kernel/lib/, the one with the fewest
-    imports: safe to initialise in a bare virtual machine, and silent."""
+def _quiet_leaves(s: System) -> list[Path]:
+    """Signed modules of *s* without dependencies under kernel/lib/, fewest imports
+    first: safe to initialise in a bare virtual machine, and silent."""
     deps = dependency_map(s.modules, s.kernel)
-    m = min((m for m in s.modules if m.path.startswith("kernel/lib/") and not deps[m.name]
-             and m.signed), key=lambda m: (len(m.imports), m.name))
-    assert s.tree is not None
-    return s.tree.moddir / m.path
+    leaves = sorted((m for m in s.modules if m.path.startswith("kernel/lib/")
+                     and not deps[m.name] and m.signed),
+                    key=lambda m: (len(m.imports), m.name))
+    assert s.tree is not None and len(leaves) >= 3
+    return [s.tree.moddir / m.path for m in leaves]
 
 
 def _write(tmp: Path, label: str, data: bytes) -> Path:
@@ -110,33 +116,49 @@ def _changed(data: bytes) -> bytes:
     return bytes(b)
 
 
+def _own(kernel: str, s: System, built: dict[str, Built], tmp: Path) -> Built:
+    """The out-of-tree modules for *kernel*: built against its headers where this
+    machine's compiler can (7.x wants a newer gcc than Debian 12's), else two of its own
+    modules made out-of-tree (intree= hidden), unsigned and signed with the throwaway
+    key."""
+    if kernel in built:
+        return built[kernel]
+    key = next(iter(built.values())).cert
+    _, plain, signed = _quiet_leaves(s)[:3]
+    made = [mutate.unsigned(mutate.replace_modinfo(decompress_file(str(f)), "intree=Y",
+                                                   "intreX=Y")) for f in (plain, signed)]
+    return Built(_write(tmp, "oot-plain", made[0]),
+                 _write(tmp, "oot-signed", sign(made[1], str(key), str(key))), key)
+
+
 Step = tuple[str, Path, bool]   # label, file, loads
 
 
 def _plan(kernel: str, system: Callable[..., System], built: dict[str, Built], tmp: Path,
           enforce: bool) -> list[Step]:
     s = system(kernel, "vmlinuz")
-    other = next(k for k in BOOTED if k != kernel)
-    own = built[kernel]
-    leaf = decompress_file(str(_quiet_leaf(s)))
+    own = _own(kernel, s, built, tmp)
+    leaf = decompress_file(str(_quiet_leaves(s)[0]))
     if enforce:
         return [("unsigned", own.plain, False),
                 ("unavailable key", own.signed, False),
                 ("Debian-signed", _write(tmp, "debian", leaf), True)]
-    foreign = decompress_file(str(_quiet_leaf(system(other, "vmlinuz"))))
     arch = system(FOREIGN_ARCH)
     assert arch.tree is not None
     alien = next(m for m in arch.modules if m.path.startswith("kernel/lib/"))
-    return [
-        ("out of tree", own.plain, True),
-        ("throwaway key", own.signed, True),
-        (f"built for {other}", built[other].plain, False),
-        (f"Debian's {other}", _write(tmp, "foreign", foreign), False),
-        ("other architecture",
-         _write(tmp, "alien", decompress_file(str(arch.tree.moddir / alien.path))), False),
-        ("one byte changed", _write(tmp, "changed", _changed(leaf)), False),
-        ("Debian-signed", _write(tmp, "debian", leaf), True),
-    ]
+    steps: list[Step] = [("out of tree", own.plain, True), ("throwaway key", own.signed, True)]
+    for other in BOOTED:
+        if other == kernel:
+            continue
+        if other in built:
+            steps.append((f"built for {other}", built[other].plain, False))
+        foreign = decompress_file(str(_quiet_leaves(system(other, "vmlinuz"))[0]))
+        steps.append((f"Debian's {other}", _write(tmp, f"debian-{other}", foreign), False))
+    return [*steps,
+            ("other architecture",
+             _write(tmp, "alien", decompress_file(str(arch.tree.moddir / alien.path))), False),
+            ("one byte changed", _write(tmp, "changed", _changed(leaf)), False),
+            ("Debian-signed", _write(tmp, "debian", leaf), True)]
 
 
 def _kernel_said(dmesg: str, count: int) -> list[list[str]]:
@@ -212,14 +234,14 @@ def test_check_several_kernels_and_a_key(built, corpus, capsys: pytest.CaptureFi
 
     from fastlkm.cli import main
 
-    roots = [str(corpus(k)[0]) for k in BOOTED]
+    roots = [str(corpus(k)[0]) for k in BUILT]
     own = built["6.12-amd64"]
     args = ["check", str(own.plain)] + [a for r in roots for a in ("--kernel", r)]
     assert main(args) == 1            # refused by 6.1 (module_layout)
     out = capsys.readouterr().out
     blocks = out.strip().split("\n\n")
-    assert len(blocks) == len(BOOTED)
-    for block, k in zip(blocks, BOOTED, strict=True):
+    assert len(blocks) == len(BUILT)
+    for block, k in zip(blocks, BUILT, strict=True):
         lines = block.splitlines()
         release = corpus(k)[1]
         assert lines[-1].startswith("fl_plain: would") and lines[-1].find(release) > 0
