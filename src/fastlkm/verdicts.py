@@ -237,14 +237,15 @@ def check_many(module: str, kernels: list[str | None], source: str | None = None
     kernel booted with module.sig_enforce=1; *keys*: certificate files the kernel would
     also trust (MOK, the platform keyring: not readable offline)."""
     from fastlkm.io.codecs import decompress_file
-    from fastlkm.kernel.module import parse_module
+    from fastlkm.kernel.module import elf_header_problem, parse_module
     from fastlkm.kernel.signature import verify_module
     from fastlkm.loader.loader import load_order
 
     extra = read_keys(keys or [])
     try:
         data = decompress_file(module)
-        mod = parse_module(data, module)
+        refused = elf_header_problem(data)
+        mod = None if refused else parse_module(data, module)
     except FastlkmError as e:
         raise e.with_path(module) from None
     checks = []
@@ -253,6 +254,11 @@ def check_many(module: str, kernels: list[str | None], source: str | None = None
         certs = (*system.kernel.certificates, *extra)
         sig = verify_module(data, certs)
         loader = Loader(system.kernel, sig_enforce=sig_enforce)
+        if mod is None:
+            # the kernel refuses the ELF header before it reads anything else
+            checks.append(Check(module, system, [loader.load_image(data, module, sig)],
+                                _sig_notes(system, loader, sig, len(extra))))
+            continue
         others = [m for m in system.modules if m.name != mod.name]
         results = [loader.load(m, sig if m is mod else None)
                    for m in load_order([*others, mod], [mod.name], system.kernel)]
@@ -261,23 +267,26 @@ def check_many(module: str, kernels: list[str | None], source: str | None = None
     return Checks(checks)
 
 
+def _sig_notes(system: System, loader: Loader, sig: SigCheck, extra: int) -> list[str]:
+    """fastlkm's explanation of the signature check."""
+    k = system.kernel
+    if not loader.module_sig:
+        return ["the kernel checks no module signatures (CONFIG_MODULE_SIG unset or "
+                "unknown)"]
+    keys = (f"{len(k.certificates)} key(s) built into vmlinux" if k.certificates else
+            "no key built into vmlinux known (none found, or a snapshot written "
+            "without them)") + (f" and {extra} given with --key" if extra else "")
+    enforced = "enforced" if loader.sig_enforce else "not enforced"
+    if sig.ok:
+        return [f"signature verified by {sig.key} ({keys}; {enforced})"]
+    return [f"signature: {sig.why} ({keys}; {enforced})"]
+
+
 def _notes(system: System, loader: Loader, mod: Module, sig: SigCheck, extra: int
            ) -> list[str]:
     """fastlkm's explanations of what the kernel says (or does not say)."""
     k = system.kernel
-    notes = []
-    if loader.module_sig:
-        keys = (f"{len(k.certificates)} key(s) built into vmlinux" if k.certificates else
-                "no key built into vmlinux known (none found, or a snapshot written "
-                "without them)") + (f" and {extra} given with --key" if extra else "")
-        enforced = "enforced" if loader.sig_enforce else "not enforced"
-        if sig.ok:
-            notes.append(f"signature verified by {sig.key} ({keys}; {enforced})")
-        else:
-            notes.append(f"signature: {sig.why} ({keys}; {enforced})")
-    else:
-        notes.append("the kernel checks no module signatures (CONFIG_MODULE_SIG unset or "
-                     "unknown)")
+    notes = _sig_notes(system, loader, sig, extra)
     if k.struct_module_size is None:
         notes.append("the kernel's struct module size is unknown (no module of its own "
                      "says it): .gnu.linkonce.this_module not compared")

@@ -2,7 +2,8 @@
 QEMU): an out-of-tree module built against Debian's headers (unsigned, and signed with a
 throwaway key; on 7.x, whose headers want a newer gcc than Debian 12's, two of its own
 modules made out-of-tree instead), the module built for each other generation, a module
-of each of Debian's other kernels, another architecture's module, a Debian-signed module
+of each of Debian's other kernels, an executable instead of a relocatable object, another
+architecture's module, a Debian-signed module
 with one byte changed and the same module intact -- booted once per kernel as Debian
 boots (signatures not enforced) and once with ``module.sig_enforce=1``.  For every
 insmod, fastlkm's lines must be the kernel's lines and its verdict the kernel's; each
@@ -19,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from fastlkm.io.codecs import decompress_file
-from fastlkm.kernel.module import parse_module
 from fastlkm.kernel.signature import EKEYREJECTED, sign, verify_module
 from fastlkm.loader.loader import Loader, dependency_map
 from fastlkm.snapshot import save
@@ -116,6 +116,13 @@ def _changed(data: bytes) -> bytes:
     return bytes(b)
 
 
+def _exec(path: Path) -> bytes:
+    """The module at *path* with e_type ET_EXEC instead of ET_REL."""
+    data = bytearray(path.read_bytes())
+    data[16:18] = (2).to_bytes(2, "little")
+    return bytes(data)
+
+
 def _own(kernel: str, s: System, built: dict[str, Built], tmp: Path) -> Built:
     """The out-of-tree modules for *kernel*: built against its headers where this
     machine's compiler can (7.x wants a newer gcc than Debian 12's), else two of its own
@@ -155,6 +162,7 @@ def _plan(kernel: str, system: Callable[..., System], built: dict[str, Built], t
         foreign = decompress_file(str(_quiet_leaves(system(other, "vmlinuz"))[0]))
         steps.append((f"Debian's {other}", _write(tmp, f"debian-{other}", foreign), False))
     return [*steps,
+            ("not relocatable", _write(tmp, "exec", _exec(own.plain)), False),
             ("other architecture",
              _write(tmp, "alien", decompress_file(str(arch.tree.moddir / alien.path))), False),
             ("one byte changed", _write(tmp, "changed", _changed(leaf)), False),
@@ -180,7 +188,7 @@ def test_modules_built_elsewhere_as_the_kernel_says(system, built, tmp_path: Pat
     model: list[tuple[bool, int, list[str]]] = []
     for label, f, _ in steps:
         data = decompress_file(str(f))
-        r = loader.load(parse_module(data, str(f)), verify_module(data, s.kernel.certificates))
+        r = loader.load_image(data, str(f), verify_module(data, s.kernel.certificates))
         model.append((r.ok, r.err, [m.text for m in r.messages]))
         print(f"  {label}: model {'loads' if r.ok else f'refuses ({r.err})'}")
     assert s.tree is not None and s.tree.vmlinuz is not None

@@ -275,6 +275,19 @@ def test_module_layout_checked_before_vermagic() -> None:
         "m: version magic '7.0 SMP preempt' should be '6.0 SMP mod_unload'"]
 
 
+def test_an_elf_header_refused_outright_after_the_signature() -> None:
+    from fastlkm.kernel.signature import SigCheck
+
+    exe = b"\x7fELF\x02\x01\x01" + bytes(9) + (2).to_bytes(2, "little") + bytes(46)
+    L = Loader(kernel(**SIGNED))
+    r = L.load_image(exe, "dir/m.ko", SigCheck(-61))
+    assert (r.module, r.err, texts(r)) == ("m", -8, ["Invalid ELF header type: 2 != 1"])
+    assert L.load_image(exe.replace(b"\x02\x00", b"\x01\x00", 1)[:64], "m.ko", SigCheck(-61)
+                        ).err == -8     # relocatable: read further (here: no sections)
+    r = L.load_image(exe, "m.ko", SigCheck(-129))     # the signature is checked first
+    assert (r.err, texts(r)) == (-129, [])
+
+
 def test_livepatch_needs_support() -> None:
     r = Loader(kernel(CONFIG_LIVEPATCH="n")).load(oot("m", (("livepatch", "Y"),)))
     assert (r.err, texts(r)) == (-8, [

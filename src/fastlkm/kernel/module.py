@@ -24,6 +24,19 @@ from fastlkm.kernel.signature import MODULE_SIG_STRING
 THIS_MODULE = ".gnu.linkonce.this_module"
 
 
+def elf_header_problem(data: bytes) -> str | None:
+    """What the kernel's elf_validity_ehdr() says of an ELF image that is not a
+    relocatable object (it refuses it before reading anything else), or None.  A file
+    that is no ELF at all (too short, bad magic) is bad input, left to parse_module();
+    the machine is checked against the kernel's in the loader, from the facts."""
+    if len(data) < 64 or data[:4] != b"\x7fELF":
+        return None
+    e_type = int.from_bytes(data[16:18], "big" if data[5] == 2 else "little")
+    if e_type != ET_REL:
+        return f"Invalid ELF header type: {e_type} != {ET_REL}"
+    return None
+
+
 def parse_module(data: bytes, path: str, relpath: str | None = None) -> Module:
     """Decode the facts of one (decompressed) module image."""
     signed = data.endswith(MODULE_SIG_STRING)

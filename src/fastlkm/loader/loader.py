@@ -32,6 +32,8 @@ from typing import Protocol
 from fastlkm.elf.structs import EM_386, EM_PPC64, EM_X86_64, SHF_ALLOC, SHT_NOBITS
 from fastlkm.kernel.facts import KSYM_FLAG_PROTECTED, Export, Kernel, License, Module
 from fastlkm.kernel.modinfo import license_is_gpl_compatible
+from fastlkm.kernel.modname import modname
+from fastlkm.kernel.module import elf_header_problem, parse_module
 from fastlkm.kernel.signature import EKEYREJECTED, ENODATA, ENOKEY, ENOPKG, SigCheck
 
 ENOENT, ENOEXEC, EACCES, EEXIST, EINVAL = 2, 8, 13, 17, 22
@@ -192,9 +194,8 @@ class Loader:
         *sig* is the verified signature of the module file; without it a signed module
         is taken as verified (a tree's own modules) and an unsigned one as unsigned."""
         name = module.info1("name") or module.name
-        res = LoadResult(name, module.path, ok=False)
-        res.sig = sig
-        sig_ok = self._module_sig_check(module, sig, res)
+        res = LoadResult(name, module.path, ok=False, sig=sig)
+        sig_ok = self._module_sig_check(module.signed, sig, res)
         if res.err or self._elf_validity(module, res):
             return res
         # early_mod_check(): check_modstruct_version(), then check_modinfo()
@@ -230,14 +231,28 @@ class Loader:
             res.messages.append(Message(f"{name}: module is already loaded", "already_loaded"))
         return bool(res.err)
 
-    def _module_sig_check(self, module: Module, sig: SigCheck | None, res: LoadResult
+    def load_image(self, data: bytes, path: str, sig: SigCheck) -> LoadResult:
+        """load_module() of a module file's (decompressed) bytes whose signature check is
+        *sig*: an ELF header the kernel refuses outright is refused here too, after the
+        signature check; any other image is read and loaded with :meth:`load`."""
+        problem = elf_header_problem(data)
+        if problem is None:
+            return self.load(parse_module(data, path), sig)
+        res = LoadResult(modname(path), path, ok=False, sig=sig)
+        self._module_sig_check(False, sig, res)
+        if not res.err:
+            res.messages.append(Message(problem, "elf"))
+            res.err = -ENOEXEC
+        return res
+
+    def _module_sig_check(self, signed: bool, sig: SigCheck | None, res: LoadResult
                           ) -> bool:
         """module_sig_check(): 'sig_ok'; sets res.err where the kernel refuses.  Without
         CONFIG_MODULE_SIG there is no check (and no taint)."""
         if not self.module_sig:
             return True
         if sig is None:
-            err = 0 if module.signed else -ENODATA
+            err = 0 if signed else -ENODATA
         else:
             err = sig.err
             res.messages.extend(Message(t, "signature") for t in sig.lines)
