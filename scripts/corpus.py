@@ -7,6 +7,8 @@ Usage: corpus.py [--list] [NAME...]     prints NAME ROOT VERSION per kernel
        corpus.py --kmod-testsuite        prints a folder with sid's kmod source (its
                                          testsuite/ and scripts/) and its
                                          module-playground built against the 6.12 headers
+       corpus.py --kbuild NAME...        prints the headers folder to build modules for
+                                         each kernel out of tree (make -C DIR M=...)
 
 Each kernel is fetched with ``apt-get download`` from the registry the machine's own
 apt sources name (foreign architectures and sid through private apt lists, never by
@@ -296,6 +298,60 @@ def kmod_testsuite() -> Path:
         return _keep(t, dest, ("kmod", "headers", "built"))
 
 
+def kbuild(name: str) -> Path:
+    """The headers of kernel *name* ready for ``make -C DIR M=MODDIR modules``, as DKMS
+    builds an out-of-tree module: linux-headers-VERSION with the packages it depends on
+    (linux-headers-BASE-common, linux-kbuild-BASE), unpacked into a root of their own
+    under the cache.  The absolute paths among them (the flavour's Makefile includes
+    /usr/src/linux-headers-BASE-common/Makefile; on 7.x it also sets KBUILD_OUTPUT to
+    its own /usr/src path) are pointed into that root."""
+    k = KERNELS[name]
+    dest = CACHE / f"{name}-kbuild"
+    done = dest / "headers"
+    if done.exists():
+        return Path(done.read_text().strip())
+    _, release = fetch(name)
+    opts = _apt_options(k)
+    debs = CACHE / "debs"
+    headers = next(debs.glob(f"linux-headers-{release}_*.deb"), None)
+    if headers is None:
+        subprocess.run(["apt-get", *opts, "-qq", "download", f"linux-headers-{release}"],
+                       cwd=debs, check=True)
+        headers = next(debs.glob(f"linux-headers-{release}_*.deb"))
+    depends = subprocess.run(["dpkg-deb", "-f", str(headers), "Depends"], capture_output=True,
+                             text=True, check=True).stdout
+    wanted = [headers.name.split("_")[0], *sorted(
+        {m.group(0) for m in re.finditer(r"linux-(headers-[^\s,|]+-common|kbuild-[^\s,|]+)",
+                                         depends)})]
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        root = Path(tmp) / "root"
+        for pkg in wanted:
+            have = list(debs.glob(f"{pkg}_*.deb"))
+            if not have:
+                subprocess.run(["apt-get", *opts, "-qq", "download", pkg], cwd=debs,
+                               check=True)
+                have = list(debs.glob(f"{pkg}_*.deb"))
+            subprocess.run(["dpkg-deb", "-x", str(have[0]), str(root)], check=True)
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        root.rename(dest / "root")
+    src = dest / "root/usr/src" / f"linux-headers-{release}"
+    makefile = src / "Makefile"
+    makefile.write_text(re.sub(r"(?<![\w./-])/usr/src/", f"{dest}/root/usr/src/",
+                               makefile.read_text()))
+    done.write_text(f"{src}\n")
+    return src
+
+
+def sign_file(headers: Path) -> Path:
+    """scripts/sign-file of the kbuild package behind *headers* (from kbuild())."""
+    tool = (headers / "scripts/sign-file").resolve()
+    if not tool.is_file():
+        raise SystemExit(f"corpus: no sign-file under {headers}/scripts")
+    return tool
+
+
 def main(argv: list[str]) -> int:
     if "--list" in argv:
         print("\n".join(ALL))
@@ -305,6 +361,10 @@ def main(argv: list[str]) -> int:
         return 0
     if "--kmod-testsuite" in argv:
         print(kmod_testsuite())
+        return 0
+    if "--kbuild" in argv:
+        for name in [a for a in argv if a != "--kbuild"]:
+            print(name, kbuild(name))
         return 0
     for name in argv or list(ALL):
         root, release = fetch(name)

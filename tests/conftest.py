@@ -45,7 +45,14 @@ def corpus_module() -> ModuleType:
             require_mark("corpus", "kmod's test suite")
             return kmod_testsuite()
 
-        module.fetch, module.kmod_sid = guarded_fetch, guarded_kmod_sid
+        kbuild = module.kbuild
+
+        def guarded_kbuild(name: str) -> Path:
+            require_mark("corpus", f"the headers of {name}")
+            return kbuild(name)
+
+        module.fetch, module.kmod_sid, module.kbuild = \
+            guarded_fetch, guarded_kmod_sid, guarded_kbuild
         module.kmod_testsuite = guarded_kmod_testsuite
         _CORPUS_MODULE.append(module)
     return _CORPUS_MODULE[0]

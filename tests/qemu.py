@@ -126,7 +126,12 @@ def build_finit_helper(directory: Path) -> Path:
     return out
 
 
-def _init_script(count: int, loader: str = "insmod") -> str:
+# with mark=True, /init writes this line (and the module's number) to the kernel log
+# before each insmod, so that each line of the log can be told to its insmod
+MARK = "fastlkm-test: insmod "
+
+
+def _init_script(count: int, loader: str = "insmod", mark: bool = False) -> str:
     lines = [
         "#!/bin/busybox sh",
         "/bin/busybox --install -s /bin",
@@ -137,6 +142,7 @@ def _init_script(count: int, loader: str = "insmod") -> str:
         "dmesg -n 1",
         "exec 3>/dev/ttyS1",
         "load() {",
+        *([f'    echo "{MARK}$1" > /dev/kmsg'] if mark else []),
         f'    out=$({loader} "/modules/$1.ko" 2>&1)',
         "    echo \"@@INSMOD $1 status=$?\" >&3",
         '    [ -n "$out" ] && echo "$out" >&3',
@@ -154,7 +160,8 @@ def _init_script(count: int, loader: str = "insmod") -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_initramfs(modules: Sequence[Path], finit: Path | None = None) -> bytes:
+def build_initramfs(modules: Sequence[Path], finit: Path | None = None,
+                    mark: bool = False) -> bytes:
     """The gzip-compressed initramfs that loads *modules* in order (names 000.ko, ...);
     with *finit* (build_finit_helper()) they stay compressed and the kernel decompresses
     them."""
@@ -167,7 +174,7 @@ def build_initramfs(modules: Sequence[Path], finit: Path | None = None) -> bytes
     if finit is not None:
         entries.append(("bin/finit", 0o100755, finit.read_bytes(), 0))
         loader = "/bin/finit"
-    entries.append(("init", 0o100755, _init_script(len(modules), loader).encode(), 0))
+    entries.append(("init", 0o100755, _init_script(len(modules), loader, mark).encode(), 0))
     for i, m in enumerate(modules):
         data = m.read_bytes()
         if finit is None:
@@ -202,20 +209,24 @@ def missing_tools() -> str | None:
 
 
 def boot_and_insmod(vmlinuz: Path, modules: Sequence[Path], *, timeout: float = 180,
-                    memory_mb: int = 768, kernel_decompress: bool = False) -> BootResult:
+                    memory_mb: int = 768, kernel_decompress: bool = False,
+                    append: str = "", mark: bool = False) -> BootResult:
     """Boot *vmlinuz*, ``insmod`` each of *modules* in order, and return what happened.
 
     Modules may be compressed (.ko.xz, .ko.zst, .ko.gz); they are loaded as plain ELF, or
-    as they are with *kernel_decompress* (the kernel must read their format).
+    as they are with *kernel_decompress* (the kernel must read their format).  *append*
+    adds to the kernel's command line; with *mark* the log has a line ``MARK + NNN``
+    before the lines of the NNN-th insmod (lines_by_insmod()).
     Raises QemuTimeout if the guest is still running after *timeout* seconds and
     QemuError if it stopped without reporting every result.
     """
     require_mark("qemu", "QEMU")
     with tempfile.TemporaryDirectory(prefix="fastlkm-qemu-") as tmp:
         finit = build_finit_helper(Path(tmp)) if kernel_decompress else None
-        initrd = build_initramfs(modules, finit)
+        initrd = build_initramfs(modules, finit, mark)
     try:
-        guest = run_guest(vmlinuz, initrd, timeout=timeout, memory_mb=memory_mb)
+        guest = run_guest(vmlinuz, initrd, timeout=timeout, memory_mb=memory_mb,
+                          append=append)
     except GuestError as e:
         raise (QemuTimeout if isinstance(e, GuestTimeout) else QemuError)(e.message) from None
     try:
@@ -223,3 +234,19 @@ def boot_and_insmod(vmlinuz: Path, modules: Sequence[Path], *, timeout: float = 
     except QemuError as e:
         raise QemuError(f"{e}\nconsole tail:\n{guest.console[-2000:]}") from None
     return BootResult(verdicts, dmesg, guest.console, guest.seconds)
+
+
+def lines_by_insmod(dmesg: str, count: int) -> list[list[str]]:
+    """The kernel's lines (without timestamps) between the marks of a boot with
+    ``mark=True``, one list per insmod; busybox's insmod retries a failed finit_module()
+    with init_module(), so a line said twice in a row for one insmod counts once."""
+    out: list[list[str]] = [[] for _ in range(count)]
+    cur: int | None = None
+    for line in dmesg.splitlines():
+        m = re.match(r"^\[\s*\d+\.\d+\] (.*)$", line)
+        text = m.group(1) if m else line
+        if text.startswith(MARK):
+            cur = int(text[len(MARK):])
+        elif cur is not None and text not in out[cur]:
+            out[cur].append(text)
+    return out

@@ -70,7 +70,13 @@ def test_check_out_of_tree_module(corpus, tmp_path: Path,
     out = capsys.readouterr().out
     assert "8021q: would load on" in out and "mrp" in out
     pro = tmp_path / "8021q.ko"
+    # still signed: the changed bytes no longer match the signature (EKEYREJECTED, even
+    # without enforcement, and the kernel says nothing)
     pro.write_bytes(mutate.set_license(ko.read_bytes(), "Pro"))
+    assert main(["check", str(pro), "--kernel", str(root), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["loads"], doc["error"], doc["messages"]) == (False, "EKEYREJECTED", [])
+    pro.write_bytes(mutate.unsigned(mutate.set_license(ko.read_bytes(), "Pro")))
     assert main(["check", str(pro), "--kernel", str(root), "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert not doc["loads"]
@@ -112,3 +118,47 @@ def test_only_the_command_run_is_built_and_it_is_whole() -> None:
         assert alone[name].format_help() == full[name].format_help()
         others = [n for n in COMMANDS if n != name]
         assert all(len(alone[n]._actions) == 1 for n in others)   # just -h
+
+
+def test_resolve_into_a_closed_pipe_ends_quietly() -> None:
+    """``fastlkm resolve | head``: no 'Broken pipe' error, the status of a killed writer."""
+    import subprocess
+    import sys
+
+    # --json: megabytes, far more than a pipe holds, so the writer meets the closed end
+    proc = subprocess.Popen([sys.executable, "-m", "fastlkm", "resolve", SNAP, "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()              # the reader goes away, as head does
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141
+    assert "Broken pipe" not in err and "Traceback" not in err
+    assert all(line.startswith("fastlkm: ") for line in err.splitlines())
+
+
+def test_check_several_kernels_table(tmp_path: Path) -> None:
+    """Several answers: one block per kernel, then on a terminal a table of the verdicts."""
+    import io
+
+    from fastlkm.verdicts import check_many
+    from tests.depmod.test_depmod_cycles import dep_module
+
+    mod = tmp_path / "alien.ko"
+    body = bytearray(dep_module(["f_alien"], []))
+    body[18:20] = (183).to_bytes(2, "little")       # e_machine: AArch64
+    mod.write_bytes(bytes(body))
+    c = check_many(str(mod), [SNAP, SNAP])
+    out = io.StringIO()
+    c.write(out, io.StringIO(), table=True)
+    text = out.getvalue()
+    blocks = text.split("\n\n")
+    assert len(blocks) == 3 and c.status == 1
+    for block in blocks[:2]:
+        lines = block.splitlines()
+        assert lines[0] == "Invalid architecture in ELF header: 183"
+        assert lines[-1].startswith("alien: would NOT load (err -8, ENOEXEC) on 6.12")
+        assert all(x.startswith("fastlkm: ") for x in lines[1:-1])
+    table = blocks[2].splitlines()
+    assert table[0].split() == ["kernel", "verdict", "err", "first", "refusal"]
+    assert table[1].split()[1:4] == ["refused", "-8", "Invalid"]

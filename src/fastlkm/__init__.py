@@ -24,9 +24,11 @@ _API = {
     # the loader model
     "Loader": "fastlkm.loader.loader",
     "LoadResult": "fastlkm.loader.loader",
+    "verify_module": "fastlkm.kernel.signature",
     # one function per command
     "resolve": "fastlkm.verdicts",
     "check": "fastlkm.verdicts",
+    "check_many": "fastlkm.verdicts",
     "DepmodOptions": "fastlkm.depmod.run",
     "run_depmod": "fastlkm.depmod.run",
     "run_bench": "fastlkm.bench.run",

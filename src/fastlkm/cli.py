@@ -39,10 +39,11 @@ def cmd_resolve(a: argparse.Namespace) -> int:
 
 
 def cmd_check(a: argparse.Namespace) -> int:
-    from fastlkm.verdicts import check
+    from fastlkm.verdicts import check_many
 
-    c = check(a.module, a.kernel, source=a.source, jobs=a.jobs)
-    c.write(sys.stdout, sys.stderr, as_json=a.json)
+    c = check_many(a.module, a.kernel or [None], source=a.source, jobs=a.jobs,
+                   sig_enforce=a.sig_enforce, keys=a.key)
+    c.write(sys.stdout, sys.stderr, as_json=a.json, table=sys.stdout.isatty())
     return c.status
 
 
@@ -172,7 +173,13 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     c = command("check", help="would this module load on that kernel?")
     c.add_argument("module")
-    c.add_argument("--kernel", default=None, help="ROOT, RELEASE or SNAPSHOT")
+    c.add_argument("--kernel", action="append", default=None,
+                   help="ROOT, RELEASE or SNAPSHOT; repeat it to ask several kernels")
+    c.add_argument("--sig-enforce", action="store_true",
+                   help="as a kernel booted with module.sig_enforce=1 (or under lockdown)")
+    c.add_argument("--key", action="append", metavar="CERT",
+                   help="an X.509 certificate the kernel also trusts (MOK, the platform "
+                        "keyring); repeatable")
     c.add_argument("--json", action="store_true")
     common(c)
     c.set_defaults(func=cmd_check)
@@ -378,6 +385,13 @@ def _run(a: argparse.Namespace) -> int:
             raise
         sys.stderr.write(f"{a.prog}: error: {e}\n")
         return EXIT_ERROR
+    except BrokenPipeError:
+        # the reader went away (``fastlkm resolve | head``): end quietly, as cat does;
+        # stdout is pointed at /dev/null so the interpreter's final flush cannot fail
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as e:
         if a.debug:
             raise

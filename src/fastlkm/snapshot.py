@@ -11,6 +11,8 @@ up by name, so the order carries no meaning).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import lzma
 from dataclasses import dataclass, field
@@ -19,14 +21,15 @@ from typing import Any
 
 from fastlkm.errors import FormatError
 from fastlkm.io.atomic import atomic_write
-from fastlkm.kernel.facts import Export, Import, Kernel, License, Module
+from fastlkm.kernel.facts import Export, Import, Kernel, License, Module, ThisModule
 
 MAGIC = b"FLKMSNAP"
 VERSION = 1
 # the kernel configuration a loader decision depends on
 CONFIG_KEYS = ("CONFIG_MODVERSIONS", "CONFIG_MODULE_FORCE_LOAD",
                "CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS", "CONFIG_MODULE_SIG",
-               "CONFIG_MODULE_SIG_FORCE", "CONFIG_EXTENDED_MODVERSIONS")
+               "CONFIG_MODULE_SIG_FORCE", "CONFIG_EXTENDED_MODVERSIONS", "CONFIG_RETPOLINE",
+               "CONFIG_MITIGATION_RETPOLINE", "CONFIG_LIVEPATCH")
 
 
 @dataclass
@@ -92,6 +95,7 @@ def dumps(snap: Snapshot) -> bytes:
             "sg": m.signed, "em": m.machine,
             "ks": list(m.kmod_symbols) if m.kmod_symbols is not None else None,
             "c": list(m.common),
+            "tm": None if (t := m.this_module) is None else [t.count, t.type, t.flags, t.size],
         })
     doc = {
         "names": names,
@@ -100,6 +104,8 @@ def dumps(snap: Snapshot) -> bytes:
             "vermagic": k.vermagic, "modversions": k.modversions,
             "config": {c: k.config[c] for c in CONFIG_KEYS if c in k.config},
             "exports": [_enc_export(e, s) for e in k.exports],
+            "smod": k.struct_module_size,
+            "certs": [base64.b64encode(c).decode() for c in k.certificates],
         },
         "modules": mods,
         "order": snap.order,
@@ -128,6 +134,9 @@ def loads(data: bytes, path: str = "snapshot") -> Snapshot:
             release=kd["release"], exports=tuple(_dec_export(x, names) for x in kd["exports"]),
             source=kd["source"], machine=kd["machine"], vermagic=kd["vermagic"],
             modversions=kd["modversions"], config=dict(kd["config"]),
+            # both absent from snapshots written before the loader checked them
+            struct_module_size=kd.get("smod"),
+            certificates=tuple(base64.b64decode(c) for c in kd.get("certs", [])),
         )
         export_crc: dict[str, int | None] = {}
         for e in kernel.exports:
@@ -163,11 +172,12 @@ def loads(data: bytes, path: str = "snapshot") -> Snapshot:
                 has_versions=md["hv"], signed=md["sg"], machine=md["em"],
                 kmod_symbols=tuple(md["ks"]) if md["ks"] is not None else None,
                 common=tuple(md["c"]),
+                this_module=ThisModule(*md["tm"]) if md.get("tm") else None,
             ))
         return Snapshot(kernel, modules, list(doc["order"]))
     except FormatError:
         raise
-    except (lzma.LZMAError, ValueError, KeyError, IndexError, TypeError) as e:
+    except (lzma.LZMAError, ValueError, KeyError, IndexError, TypeError, binascii.Error) as e:
         raise FormatError(f"corrupt snapshot ({type(e).__name__}: {e})", path) from None
 
 

@@ -59,6 +59,14 @@ def kernel_vermagic(modules: list[Module]) -> str | None:
     return c.most_common(1)[0][0] if c else None
 
 
+def struct_module_size(modules: list[Module]) -> int | None:
+    """sizeof(struct module) of the kernel its own modules were built with: the size of
+    their ``.gnu.linkonce.this_module`` section (the most common one)."""
+    c = Counter(m.this_module.size for m in modules
+                if m.this_module is not None and m.this_module.count == 1)
+    return c.most_common(1)[0][0] if c else None
+
+
 def open_system(arg: str | None = None, *, source: str | None = None,
                 jobs: int | None = None, compare: bool = False,
                 progress: Callable[[int], None] | None = None) -> System:
@@ -112,7 +120,8 @@ def open_tree(tree: Tree, *, source: str | None = None, jobs: int | None = None,
     modules, errors = read_module_files(module_files(tree.moddir, skipped=skipped),
                                         jobs=jobs, progress=progress)
     errors = skipped + errors
-    kernel = dataclasses.replace(kernel, vermagic=kernel_vermagic(modules))
+    kernel = dataclasses.replace(kernel, vermagic=kernel_vermagic(modules),
+                                 struct_module_size=struct_module_size(modules))
     if compare:
         notes.extend(compare_sources(tree, kernel))
     return System(kernel, modules, read_order(tree.moddir), str(tree.moddir), tree, notes,

@@ -3,12 +3,18 @@ kernel would load them, and what the kernel would say, as text and as JSON."""
 
 from __future__ import annotations
 
+import errno
 import json
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
-from fastlkm.errors import EXIT_FAIL, EXIT_SKIPPED, UsageError, warn_skipped
+from cryptography.hazmat.primitives import serialization
+
+from fastlkm.errors import EXIT_FAIL, EXIT_SKIPPED, FastlkmError, UsageError, warn_skipped
+from fastlkm.kernel.facts import Module
+from fastlkm.kernel.signature import SigCheck
 from fastlkm.loader.loader import Loader, LoadResult
 from fastlkm.target import System, open_system
 
@@ -101,23 +107,44 @@ def resolve(target: str | None, modules: list[str] | None = None, source: str | 
 
 @dataclass
 class Check:
-    """One module file loaded on a kernel after the dependencies it needs."""
+    """One module file loaded on one kernel after the dependencies it needs."""
 
     path: str
     system: System
     results: list[LoadResult]    # the dependencies', then the module's
+    notes: list[str]             # fastlkm's explanations
+
+    @property
+    def final(self) -> LoadResult:
+        return self.results[-1]
 
     @property
     def status(self) -> int:
         if self.system.errors:
             return EXIT_SKIPPED
-        return 0 if self.results[-1].ok else EXIT_FAIL
+        return 0 if self.final.ok else EXIT_FAIL
+
+    def verdict(self) -> str:
+        final, deps = self.final, self.results[:-1]
+        if final.ok:
+            verdict = "would load"
+        else:
+            verdict = f"would NOT load (err {final.err}{_errno_name(final.err)})"
+        dep_s = f" after {', '.join(r.module for r in deps)}" if deps else ""
+        return f"{final.module}: {verdict} on {self.system.kernel.release}{dep_s}"
 
     def as_dict(self) -> dict[str, object]:
-        final = self.results[-1]
-        return {"module": self.path, "kernel": self.system.kernel.release, "loads": final.ok,
-                "err": final.err, "dependencies": [r.module for r in self.results[:-1]],
-                "messages": [m.text for r in self.results for m in r.messages]}
+        final = self.final
+        sig = final.sig
+        return {"module": self.path, "kernel": self.system.kernel.release,
+                "origin": self.system.origin,
+                "verdict": "loads" if final.ok else "refused", "loads": final.ok,
+                "err": final.err, "error": _errno_name(final.err).strip(" ,") or None,
+                "dependencies": [r.module for r in self.results[:-1]],
+                "kernel_lines": [m.text for r in self.results for m in r.messages],
+                "messages": [m.text for r in self.results for m in r.messages],
+                "notes": self.notes,
+                "signature": sig.as_dict() if sig is not None else None}
 
     def write(self, out: IO[str], err: IO[str], as_json: bool = False) -> None:
         if as_json:
@@ -127,21 +154,156 @@ class Check:
         for r in self.results:
             for m in r.messages:
                 out.write(m.text + "\n")
-        final, deps = self.results[-1], self.results[:-1]
-        verdict = "would load" if final.ok else f"would NOT load (err {final.err})"
-        dep_s = f" after {', '.join(r.module for r in deps)}" if deps else ""
-        out.write(f"{final.module}: {verdict} on {self.system.kernel.release}{dep_s}\n")
+        for n in self.notes:
+            out.write(f"fastlkm: {n}\n")
+        out.write(self.verdict() + "\n")
+
+
+@dataclass
+class Checks:
+    """One module file on several kernels."""
+
+    checks: list[Check]
+
+    @property
+    def status(self) -> int:
+        statuses = [c.status for c in self.checks]
+        if EXIT_SKIPPED in statuses:
+            return EXIT_SKIPPED
+        return EXIT_FAIL if EXIT_FAIL in statuses else 0
+
+    def write(self, out: IO[str], err: IO[str], as_json: bool = False,
+              table: bool = False) -> None:
+        if len(self.checks) == 1:
+            self.checks[0].write(out, err, as_json)
+            return
+        if as_json:
+            json.dump([c.as_dict() for c in self.checks], out, indent=1)
+            out.write("\n")
+            return
+        for i, c in enumerate(self.checks):
+            if i:
+                out.write("\n")
+            c.write(out, err)
+        if table:
+            rows = [(c.system.kernel.release, "loads" if c.final.ok else "refused",
+                     str(c.final.err), next((m.text for m in c.final.failures), ""))
+                    for c in self.checks]
+            heads = ("kernel", "verdict", "err", "first refusal")
+            widths = [max(len(x) for x in col) for col in zip(heads, *rows, strict=False)]
+            out.write("\n")
+            for row in (heads, *rows):
+                out.write("  ".join(x.ljust(w) for x, w in zip(row, widths, strict=True))
+                          .rstrip() + "\n")
+
+
+def _errno_name(err: int) -> str:
+    name = errno.errorcode.get(-err) if err < 0 else None
+    return f", {name}" if name else ""
+
+
+def read_keys(paths: list[str]) -> list[bytes]:
+    """The X.509 certificates (PEM, one or several, or DER) of the files *paths*, DER."""
+    from cryptography import x509
+
+    out: list[bytes] = []
+    for p in paths:
+        try:
+            data = Path(p).read_bytes()
+        except OSError as e:
+            raise UsageError(f"cannot read the key: {e.strerror}", p) from None
+        try:
+            if b"-----BEGIN CERTIFICATE-----" in data:
+                certs = x509.load_pem_x509_certificates(data)
+            else:
+                certs = [x509.load_der_x509_certificate(data)]
+        except ValueError:
+            raise UsageError("not an X.509 certificate (PEM or DER)", p) from None
+        out.extend(c.public_bytes(serialization.Encoding.DER) for c in certs)
+    return out
 
 
 def check(module: str, kernel: str | None, source: str | None = None,
-          jobs: int | None = None) -> Check:
+          jobs: int | None = None, sig_enforce: bool = False,
+          keys: list[str] | None = None) -> Check:
     """Would the module file *module* load on *kernel* (what :func:`open_system` takes)?"""
-    from fastlkm.kernel.module import read_module
+    return check_many(module, [kernel], source, jobs, sig_enforce, keys).checks[0]
 
-    mod = read_module(module)
-    system = open_system(kernel, source=source, jobs=jobs)
-    others = [m for m in system.modules if m.name != mod.name]
-    return Check(module, system, Loader(system.kernel).modprobe([*others, mod], [mod.name]))
+
+def check_many(module: str, kernels: list[str | None], source: str | None = None,
+               jobs: int | None = None, sig_enforce: bool = False,
+               keys: list[str] | None = None) -> Checks:
+    """Would the module file *module* load on each of *kernels*?  *sig_enforce* as a
+    kernel booted with module.sig_enforce=1; *keys*: certificate files the kernel would
+    also trust (MOK, the platform keyring: not readable offline)."""
+    from fastlkm.io.codecs import decompress_file
+    from fastlkm.kernel.module import elf_header_problem, parse_module
+    from fastlkm.kernel.signature import verify_module
+    from fastlkm.loader.loader import load_order
+
+    extra = read_keys(keys or [])
+    try:
+        data = decompress_file(module)
+        refused = elf_header_problem(data)
+        mod = None if refused else parse_module(data, module)
+    except FastlkmError as e:
+        raise e.with_path(module) from None
+    checks = []
+    for k in kernels:
+        system = open_system(k, source=source, jobs=jobs)
+        certs = (*system.kernel.certificates, *extra)
+        sig = verify_module(data, certs)
+        loader = Loader(system.kernel, sig_enforce=sig_enforce)
+        if mod is None:
+            # the kernel refuses the ELF header before it reads anything else
+            checks.append(Check(module, system, [loader.load_image(data, module, sig)],
+                                _sig_notes(system, loader, sig, len(extra))))
+            continue
+        others = [m for m in system.modules if m.name != mod.name]
+        results = [loader.load(m, sig if m is mod else None)
+                   for m in load_order([*others, mod], [mod.name], system.kernel)]
+        checks.append(Check(module, system, results, _notes(system, loader, mod, sig,
+                                                             len(extra))))
+    return Checks(checks)
+
+
+def _sig_notes(system: System, loader: Loader, sig: SigCheck, extra: int) -> list[str]:
+    """fastlkm's explanation of the signature check."""
+    k = system.kernel
+    if not loader.module_sig:
+        return ["the kernel checks no module signatures (CONFIG_MODULE_SIG unset or "
+                "unknown)"]
+    keys = (f"{len(k.certificates)} key(s) built into vmlinux" if k.certificates else
+            "no key built into vmlinux known (none found, or a snapshot written "
+            "without them)") + (f" and {extra} given with --key" if extra else "")
+    enforced = "enforced" if loader.sig_enforce else "not enforced"
+    if sig.ok:
+        return [f"signature verified by {sig.key} ({keys}; {enforced})"]
+    return [f"signature: {sig.why} ({keys}; {enforced})"]
+
+
+def _notes(system: System, loader: Loader, mod: Module, sig: SigCheck, extra: int
+           ) -> list[str]:
+    """fastlkm's explanations of what the kernel says (or does not say)."""
+    k = system.kernel
+    notes = _sig_notes(system, loader, sig, extra)
+    if k.struct_module_size is None:
+        notes.append("the kernel's struct module size is unknown (no module of its own "
+                     "says it): .gnu.linkonce.this_module not compared")
+    elif mod.this_module is not None and mod.this_module.size != k.struct_module_size:
+        notes.append(f"this module's struct module is {mod.this_module.size:#x} bytes, the "
+                     f"kernel's {k.struct_module_size:#x}: it was built for another kernel")
+    magic = mod.info1("vermagic")
+    if magic and k.vermagic and magic.split(" ", 1)[0] != k.vermagic.split(" ", 1)[0]:
+        notes.append(f"built for {magic.split(' ', 1)[0]}, the kernel is "
+                     f"{k.vermagic.split(' ', 1)[0]}")
+    retpoline = any(k.config.get(c) == "y" for c in ("CONFIG_RETPOLINE",
+                                                      "CONFIG_MITIGATION_RETPOLINE"))
+    if retpoline and mod.info1("retpoline") is None:
+        notes.append(f"{mod.name} was not built with retpolines: on a CPU that uses them the "
+                     f"kernel also prints '{mod.name}: loading module not compiled with "
+                     "retpoline compiler.'")
+    return notes
 
 
 def _write_json(doc: dict[str, object], out: IO[str]) -> None:

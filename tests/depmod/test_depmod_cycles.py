@@ -22,6 +22,7 @@ from tests.elf.elfbuild import (
     EM_X86_64,
     SHF_ALLOC,
     SHF_EXECINSTR,
+    SHF_WRITE,
     STB_LOCAL,
     STT_FUNC,
     ElfBuilder,
@@ -50,6 +51,8 @@ def dep_module(exports: list[str], imports: list[str]) -> bytes:
     for n in imports:
         b.sym(n)
     b.add(".modinfo", b"license=GPL\0")
+    # struct module: without it the kernel refuses the module ("No module found in object")
+    b.add(".gnu.linkonce.this_module", bytes(64), flags=SHF_ALLOC | SHF_WRITE, align=64)
     return b.build()
 
 

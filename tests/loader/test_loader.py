@@ -10,7 +10,7 @@ from fastlkm.kernel.facts import Export, Import, Kernel, License, Module
 from fastlkm.loader.loader import Loader, load_order, module_match, same_magic
 from tests.conftest import KERNELS
 
-GPL = (("license", "GPL"),)
+GPL = (("license", "GPL"), ("intree", "Y"))
 
 
 def kernel(*exports: Export, modversions: bool = False, **config: str) -> Kernel:
@@ -22,7 +22,8 @@ def mod(name: str, imports: tuple[str, ...] = (), exports: tuple[Export, ...] = 
         info: tuple[tuple[str, str], ...] = GPL, **kw: object) -> Module:
     return Module(name, f"{name}.ko", exports=exports,
                   imports=tuple(Import(i) for i in imports),
-                  modinfo=(*info, ("vermagic", "6.0 SMP mod_unload")), **kw)  # type: ignore
+                  modinfo=(*info, ("intree", "Y"), ("vermagic", "6.0 SMP mod_unload")),
+                  **kw)  # type: ignore
 
 
 def texts(r: object) -> list[str]:
@@ -59,6 +60,7 @@ def test_gpl_only_invisible_to_proprietary_module() -> None:
     L = Loader(kernel(Export("g", License.GPL_ONLY), Export("p")))
     r = L.load(mod("prop", ("g", "p"), info=(("license", "Proprietary"),)))
     assert texts(r) == ["prop: module license 'Proprietary' taints kernel.",
+                        "Disabling lock debugging due to kernel taint",
                         "prop: Unknown symbol g (err -2)"]
     # the taint message is printed once per boot
     r = L.load(mod("prop2", ("p",), info=()))
@@ -115,7 +117,8 @@ def test_modversions_crc_mismatch() -> None:
 def test_no_versions_forces_load_with_taint_or_fails() -> None:
     k = kernel(Export("s", crc=1), modversions=True)
     r = Loader(k).load(mod("m", ("s",)))
-    assert r.ok and texts(r) == ["m: s: kernel tainted."]
+    assert r.ok and texts(r) == ["m: s: kernel tainted.",
+                                 "Disabling lock debugging due to kernel taint"]
     k2 = dataclasses.replace(k, config={"CONFIG_MODULE_FORCE_LOAD": "n"})
     r = Loader(k2).load(mod("m", ("s",)))
     assert not r.ok and texts(r)[-1] == "m: Unknown symbol s (err -22)"
@@ -162,6 +165,135 @@ def test_vermagic() -> None:
         "m: version magic '6.0 SMP preempt' should be '6.0 SMP mod_unload'"]
     assert same_magic("6.1 SMP x", "6.2 SMP x", has_crcs=True)
     assert not same_magic("6.1 SMP x", "6.2 SMP x", has_crcs=False)
+
+
+# --- load_module()'s checks before symbols, in the kernel's order ----------------------
+
+SIGNED = {"CONFIG_MODULE_SIG": "y"}
+
+
+def oot(name: str, info: tuple[tuple[str, str], ...] = (("license", "GPL"),),
+        **kw: object) -> Module:
+    """An out-of-tree module (no intree=Y), unsigned, with the .modinfo *info*."""
+    return Module(name, f"{name}.ko", modinfo=(("name", name), *info,
+                                              ("vermagic", "6.0 SMP mod_unload")),
+                  **kw)  # type: ignore[arg-type]
+
+
+def test_taint_lines_once_per_boot_in_the_kernels_order() -> None:
+    L = Loader(kernel(**SIGNED))
+    first = L.load(oot("a", (("license", "Pro"), ("staging", "Y"), ("test", "Y"))))
+    assert texts(first) == [
+        "a: loading out-of-tree module taints kernel.",
+        "a: module is from the staging directory, the quality is unknown, you have been "
+        "warned.",
+        "a: module license 'Pro' taints kernel.",
+        "Disabling lock debugging due to kernel taint",
+        "a: loading test module taints kernel.",
+        "a: module verification failed: signature and/or required key missing - tainting "
+        "kernel"]
+    # 6.4 on (the release "test" says no version: the older load_module())
+    L = Loader(dataclasses.replace(kernel(**SIGNED), release="6.12.1"))
+    assert texts(L.load(oot("a", (("license", "Pro"),))))[-1] == \
+        "a: module license taints kernel."
+    # the taints are set: a second module says only what is not once per boot
+    assert texts(L.load(oot("b", (("staging", "Y"),)))) == [
+        "b: module is from the staging directory, the quality is unknown, you have been "
+        "warned."]
+
+
+def test_signature_forgiven_unless_enforced_and_a_bad_one_is_fatal() -> None:
+    from fastlkm.kernel.signature import SigCheck
+
+    k = kernel(**SIGNED)
+    for err, reason in ((-61, "unsigned module"), (-65, "module with unsupported crypto"),
+                        (-126, "module with unavailable key")):
+        assert Loader(k).load(oot("m"), SigCheck(err)).ok
+        r = Loader(k, sig_enforce=True).load(oot("m"), SigCheck(err))
+        assert (r.ok, r.err, texts(r)) == (False, -129, [f"Loading of {reason} is rejected"])
+    r = Loader(k).load(oot("m"), SigCheck(-129))
+    assert (r.ok, r.err, texts(r)) == (False, -129, [])
+    ok = Loader(k, sig_enforce=True).load(oot("m"), SigCheck(0))
+    assert ok.ok and texts(ok) == ["m: loading out-of-tree module taints kernel."]
+    # without CONFIG_MODULE_SIG: no check, no taint
+    assert texts(Loader(kernel(), sig_enforce=True).load(oot("m"))) == [
+        "m: loading out-of-tree module taints kernel."]
+    # CONFIG_MODULE_SIG_FORCE enforces by itself
+    r = Loader(kernel(**SIGNED, CONFIG_MODULE_SIG_FORCE="y")).load(oot("m"))
+    assert texts(r) == ["Loading of unsigned module is rejected"]
+
+
+def test_another_architecture_is_refused_first() -> None:
+    k = dataclasses.replace(kernel(Export("x")), machine=62)
+    r = Loader(k).load(oot("m", machine=183, imports=(Import("nope"),)))
+    assert (r.err, texts(r)) == (-8, ["Invalid architecture in ELF header: 183"])
+    i386 = dataclasses.replace(k, machine=3)
+    assert Loader(i386).load(oot("m", machine=6)).ok      # EM_486 is fine on i386
+
+
+def test_struct_module_size_since_6_4() -> None:
+    from fastlkm.kernel.facts import ThisModule
+
+    k = dataclasses.replace(kernel(), release="6.12.1", struct_module_size=0x500)
+    small = oot("m", this_module=ThisModule(1, 1, 2, 0x380))
+    r = Loader(k).load(small)
+    assert (r.err, texts(r)) == (-8, [
+        "module m: .gnu.linkonce.this_module section size must match the kernel's built "
+        "struct module size at run time"])
+    assert Loader(k).load(oot("m", this_module=ThisModule(1, 1, 2, 0x500))).ok
+    for tm, why in ((ThisModule(2, 1, 2, 0x500), "Exactly one .gnu.linkonce.this_module "
+                     "section must exist."),
+                    (ThisModule(1, 8, 2, 0x500), ".gnu.linkonce.this_module section must "
+                     "have a size set"),
+                    (ThisModule(1, 1, 0, 0x500), ".gnu.linkonce.this_module must occupy "
+                     "memory during process execution")):
+        assert texts(Loader(k).load(oot("m", this_module=tm))) == [f"module m: {why}"]
+    # no modinfo name: the kernel says so in the name's place
+    nameless = Module("m", "m.ko", this_module=ThisModule(0, 0, 0, 0))
+    assert texts(Loader(k).load(nameless)) == [
+        "module (missing .modinfo section or name field): Exactly one "
+        ".gnu.linkonce.this_module section must exist."]
+    # before 6.4 only a missing section is refused (and module_layout catches the rest)
+    old = dataclasses.replace(k, release="6.1.0")
+    assert Loader(old).load(small).ok
+    assert texts(Loader(old).load(nameless))[0] == \
+        "(missing .modinfo section or name field): No module found in object"
+
+
+def test_module_layout_checked_before_vermagic() -> None:
+    k = dataclasses.replace(kernel(Export("module_layout", crc=0x1234), modversions=True),
+                            vermagic="6.0 SMP mod_unload")
+    other = dataclasses.replace(oot("m"), has_versions=True,
+                                versions=(("module_layout", 0x9999),),
+                                modinfo=(("vermagic", "7.0 SMP preempt"),))
+    r = Loader(k).load(other)
+    assert (r.err, texts(r)) == (-8, ["m: disagrees about version of symbol module_layout"])
+    missing = dataclasses.replace(other, versions=())
+    assert texts(Loader(k).load(missing)) == ["m: no symbol version for module_layout"]
+    same = dataclasses.replace(other, versions=(("module_layout", 0x1234),))
+    assert texts(Loader(k).load(same)) == [
+        "m: version magic '7.0 SMP preempt' should be '6.0 SMP mod_unload'"]
+
+
+def test_an_elf_header_refused_outright_after_the_signature() -> None:
+    from fastlkm.kernel.signature import SigCheck
+
+    exe = b"\x7fELF\x02\x01\x01" + bytes(9) + (2).to_bytes(2, "little") + bytes(46)
+    L = Loader(kernel(**SIGNED))
+    r = L.load_image(exe, "dir/m.ko", SigCheck(-61))
+    assert (r.module, r.err, texts(r)) == ("m", -8, ["Invalid ELF header type: 2 != 1"])
+    assert L.load_image(exe.replace(b"\x02\x00", b"\x01\x00", 1)[:64], "m.ko", SigCheck(-61)
+                        ).err == -8     # relocatable: read further (here: no sections)
+    r = L.load_image(exe, "m.ko", SigCheck(-129))     # the signature is checked first
+    assert (r.err, texts(r)) == (-129, [])
+
+
+def test_livepatch_needs_support() -> None:
+    r = Loader(kernel(CONFIG_LIVEPATCH="n")).load(oot("m", (("livepatch", "Y"),)))
+    assert (r.err, texts(r)) == (-8, [
+        "m: module is marked as livepatch module, but livepatch support is disabled"])
+    r = Loader(kernel(CONFIG_LIVEPATCH="y")).load(oot("m", (("livepatch", "Y"),)))
+    assert r.ok and "m: tainting kernel with TAINT_LIVEPATCH" in texts(r)
 
 
 def test_load_order_dependencies_first() -> None:

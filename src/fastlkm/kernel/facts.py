@@ -49,6 +49,17 @@ class Import:
 
 
 @dataclass(frozen=True, slots=True)
+class ThisModule:
+    """The ``.gnu.linkonce.this_module`` section(s) of a module: its ``struct module``, which
+    the kernel's elf_validity_cache_index_mod() checks (count, type, flags, size)."""
+
+    count: int = 1             # how many sections of that name
+    type: int = 1              # sh_type of the last one (SHT_PROGBITS, SHT_NOBITS, ...)
+    flags: int = 2             # sh_flags (SHF_ALLOC)
+    size: int = 0              # sh_size: the module's idea of sizeof(struct module)
+
+
+@dataclass(frozen=True, slots=True)
 class Module:
     """What the kernel's loader and depmod need to know about one module file."""
 
@@ -66,6 +77,8 @@ class Module:
     kmod_symbols: tuple[str, ...] | None = None
     # SHN_COMMON symbols: the kernel refuses these ("Please compile with -fno-common")
     common: tuple[str, ...] = ()
+    # the struct module section (count 0: the module has none); None when not known
+    this_module: ThisModule | None = None
 
     def info(self, key: str) -> list[str]:
         """Every value of a .modinfo key, in file order."""
@@ -103,3 +116,7 @@ class Kernel:
     vermagic: str | None = None
     modversions: bool = False         # CONFIG_MODVERSIONS
     config: dict[str, str] = field(default_factory=dict, compare=False)
+    # sizeof(struct module) of this build, as its own modules' this_module sections say
+    struct_module_size: int | None = None
+    # the X.509 certificates compiled into vmlinux (DER): the keys of the builtin keyring
+    certificates: tuple[bytes, ...] = field(default=(), compare=False)

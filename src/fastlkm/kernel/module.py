@@ -14,12 +14,27 @@ from fastlkm.elf.structs import (
 )
 from fastlkm.errors import FastlkmError
 from fastlkm.io.codecs import decompress_file
-from fastlkm.kernel.facts import Import, Module
+from fastlkm.kernel.facts import Import, Module, ThisModule
 from fastlkm.kernel.ksymtab import kmod_symbols, read_exports
 from fastlkm.kernel.modinfo import read_modinfo
 from fastlkm.kernel.modname import modname
 from fastlkm.kernel.modversions import read_versions
 from fastlkm.kernel.signature import MODULE_SIG_STRING
+
+THIS_MODULE = ".gnu.linkonce.this_module"
+
+
+def elf_header_problem(data: bytes) -> str | None:
+    """What the kernel's elf_validity_ehdr() says of an ELF image that is not a
+    relocatable object (it refuses it before reading anything else), or None.  A file
+    that is no ELF at all (too short, bad magic) is bad input, left to parse_module();
+    the machine is checked against the kernel's in the loader, from the facts."""
+    if len(data) < 64 or data[:4] != b"\x7fELF":
+        return None
+    e_type = int.from_bytes(data[16:18], "big" if data[5] == 2 else "little")
+    if e_type != ET_REL:
+        return f"Invalid ELF header type: {e_type} != {ET_REL}"
+    return None
 
 
 def parse_module(data: bytes, path: str, relpath: str | None = None) -> Module:
@@ -41,6 +56,9 @@ def parse_module(data: bytes, path: str, relpath: str | None = None) -> Module:
         imports.append(Import(s.name, s.bind == STB_WEAK, crc_of.get(s.name)))
     common = [s.name for s in elf.symbols_where(shndx=SHN_COMMON)]
     ks = kmod_symbols(elf)
+    mods = [sec for sec in elf.sections if sec.name == THIS_MODULE]
+    this = ThisModule(len(mods), mods[-1].type, mods[-1].flags, mods[-1].size) if mods \
+        else ThisModule(0, 0, 0, 0)
     names = {e.name for e in exports}
     return Module(
         name=modname(path),
@@ -54,6 +72,7 @@ def parse_module(data: bytes, path: str, relpath: str | None = None) -> Module:
         machine=elf.machine,
         kmod_symbols=None if set(ks) == names and len(ks) == len(names) else tuple(ks),
         common=tuple(common),
+        this_module=this,
     )
 
 

@@ -30,6 +30,7 @@ from fastlkm.kernel.kconfig import parse_config
 from fastlkm.kernel.ksymtab import read_exports
 from fastlkm.kernel.modname import MODULE_DIRS
 from fastlkm.kernel.module import read_module
+from fastlkm.kernel.signature import system_certificates
 from fastlkm.kernel.symvers import parse_symvers, vmlinux_exports
 from fastlkm.kernel.sysmap import is_stub, parse_system_map
 from fastlkm.kernel.vmlinuz import payloads
@@ -182,6 +183,7 @@ class ImageExports:
     machine: int       # e_machine of an ELF vmlinux, 0 for a raw image
     how: str           # where in the image the tables were found, for notes
     recovered: bool    # from the loaded bytes (kernel/imagesyms.py), not ELF sections
+    certificates: tuple[bytes, ...] = ()   # the X.509 certificates compiled in
 
 
 def exports_from_image(path: Path) -> ImageExports:
@@ -203,20 +205,33 @@ def exports_from_image(path: Path) -> ImageExports:
                 continue
             if elf.section("__ksymtab") is not None or elf.section("__ksymtab_gpl") is not None:
                 return ImageExports(read_exports(elf), elf.machine,
-                                    f"{p.form}, __ksymtab sections", recovered=False)
+                                    f"{p.form}, __ksymtab sections", recovered=False,
+                                    certificates=system_certificates(p.data))
         try:
             got = recover_exports(p.data, str(path))
         except FormatError as e:
             seen.append(e)
             continue
         how = f"{p.form}, tables recovered: {got.describe()}"
-        return ImageExports(got.exports, 0, "; ".join((how, *got.notes)), recovered=True)
+        return ImageExports(got.exports, 0, "; ".join((how, *got.notes)), recovered=True,
+                            certificates=system_certificates(p.data))
     # the most telling reason: a payload that decoded but held no tables, else a payload
     # that did not decode (a truncated image), else why the image itself held none
     for reasons in (failures, undecodable, itself):
         if reasons:
             raise reasons[0]
     raise FormatError("kernel image holds no ELF vmlinux and no raw kernel", str(path))
+
+
+def certificates_from_image(path: Path) -> tuple[bytes, ...]:
+    """The X.509 certificates compiled into a vmlinux or vmlinuz file: those of the first
+    candidate for the kernel proper that holds any."""
+    data = decompress_file(str(path))
+    for p in payloads(data, str(path)):
+        certs = system_certificates(p.data)
+        if certs:
+            return certs
+    return ()
 
 
 def exports_from_symvers(path: Path) -> list[Export]:
@@ -242,6 +257,7 @@ def load_kernel(tree: Tree, prefer: str | None = None,
             raise NotFoundError(f"no {prefer} found for {tree.release}", str(tree.moddir))
         order = [prefer]
     machine = 0
+    certs: tuple[bytes, ...] | None = None
     for src in order:
         path = tree.sources.get(src)
         if path is None:
@@ -249,7 +265,7 @@ def load_kernel(tree: Tree, prefer: str | None = None,
         try:
             if src in ("vmlinux", "vmlinuz"):
                 image = exports_from_image(path)
-                exports, machine = image.exports, image.machine
+                exports, machine, certs = image.exports, image.machine, image.certificates
                 if image.recovered:
                     notes.append(f"{src}: {image.how}")
             elif src == "System.map":
@@ -274,10 +290,18 @@ def load_kernel(tree: Tree, prefer: str | None = None,
             # relative to the root, so a snapshot does not carry this machine's paths
             with contextlib.suppress(ValueError):
                 shown = path.relative_to(tree.root)
+        if certs is None:
+            certs = ()
+            image = tree.vmlinux or tree.vmlinuz
+            if image is not None:
+                try:
+                    certs = certificates_from_image(image)
+                except FastlkmError as e:
+                    notes.append(f"built-in keys not read: {e.with_path(str(image))}")
         return Kernel(
             release=tree.release, exports=tuple(exports), source=f"{src} {shown}",
             machine=machine, modversions=config.get("CONFIG_MODVERSIONS") == "y",
-            config=config,
+            config=config, certificates=certs,
         )
     raise NotFoundError(f"no usable source of the kernel's exports for {tree.release} "
                         f"(looked for vmlinux, vmlinuz, System.map, Module.symvers)",

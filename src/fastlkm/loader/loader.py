@@ -1,6 +1,16 @@
 """The kernel's module loader, over facts: what load_module() would say for each module.
 
-Mirrors kernel/module/main.c (Linux 6.x/7.x):
+Mirrors kernel/module/main.c (Linux 6.x/7.x), in load_module()'s order, stopping where it
+stops:
+- module_sig_check(): an unsigned module, unsupported crypto or an unavailable key are
+  forgiven unless signatures are enforced; any other failure (a signature that does not
+  match) is fatal;
+- elf_validity_check(): the machine; since 6.4 the ``.gnu.linkonce.this_module`` section
+  against the kernel's own struct module size;
+- check_modstruct_version(): module_layout's CRC, where vmlinux exports it;
+- check_modinfo(): version magic, livepatch support; then the taints of
+  module_augment_kernel_taints() (out-of-tree, staging, livepatch, license, test, unsigned),
+  each taint line once per boot as the kernel prints it;
 - find_symbol(): vmlinux's tables first (``__ksymtab``, then ``__ksymtab_gpl``), then the
   loaded modules, newest first; a GPL-only table (or a GPL-only flag in ``__kflagstab``)
   is invisible to a module whose license is not GPL-compatible, and the search goes on;
@@ -19,11 +29,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fastlkm.elf.structs import EM_386, EM_PPC64, EM_X86_64
+from fastlkm.elf.structs import EM_386, EM_PPC64, EM_X86_64, SHF_ALLOC, SHT_NOBITS
 from fastlkm.kernel.facts import KSYM_FLAG_PROTECTED, Export, Kernel, License, Module
 from fastlkm.kernel.modinfo import license_is_gpl_compatible
+from fastlkm.kernel.modname import modname
+from fastlkm.kernel.module import elf_header_problem, parse_module
+from fastlkm.kernel.signature import EKEYREJECTED, ENODATA, ENOKEY, ENOPKG, SigCheck
 
 ENOENT, ENOEXEC, EACCES, EEXIST, EINVAL = 2, 8, 13, 17, 22
+EM_486 = 6   # elf_check_arch() of i386 takes it too
+
+# module_sig_check(): the signature errors forgiven unless signatures are enforced
+SIG_FORGIVEN = {ENODATA: "unsigned module", ENOPKG: "module with unsupported crypto",
+                ENOKEY: "module with unavailable key"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +63,7 @@ class LoadResult:
     messages: list[Message] = field(default_factory=list)
     lookups: int = 0
     resolved: int = 0
+    sig: SigCheck | None = None     # the signature check of the file, when it was made
 
     @property
     def failures(self) -> list[Message]:
@@ -131,21 +150,31 @@ class DictSearch:
 class Loader:
     """A running kernel as far as module symbol resolution goes."""
 
-    def __init__(self, kernel: Kernel, search: SymbolSearch | None = None):
+    def __init__(self, kernel: Kernel, search: SymbolSearch | None = None,
+                 sig_enforce: bool = False):
         self.kernel = kernel
         self.modversions = kernel.modversions
         self.force_load = kernel.config.get("CONFIG_MODULE_FORCE_LOAD", "y") == "y" \
             if kernel.config else True
         self.allow_missing_ns = kernel.config.get(
             "CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS") == "y"
+        config = kernel.config
+        self.module_sig = config.get("CONFIG_MODULE_SIG") == "y"
+        self.sig_enforce = sig_enforce or config.get("CONFIG_MODULE_SIG_FORCE") == "y"
+        self.livepatch = config.get("CONFIG_LIVEPATCH", "y") == "y"
         self.loaded: dict[str, LoadedModule] = {}
         self._seq = 0
         self.tainted_proprietary = False
-        # since the load_module() split of 6.4 (module_augment_kernel_taints()) the
-        # proprietary taint is sampled before the license check, so the module that sets
-        # it also gets the older "module license taints kernel." line; seen under QEMU on
-        # Debian's 6.12 and 7.2, and not on 6.1 (tests/loader/test_kernel_verdicts.py)
-        self.license_taint_twice = _major_minor(kernel.release) >= (6, 4)
+        self.taints: set[str] = set()       # the taint flags set so far this boot
+        self.debug_locks = True             # until a taint makes lockdep unreliable
+        # the load_module() of 6.4 on (module_augment_kernel_taints(), the checks of
+        # .gnu.linkonce.this_module in elf_validity_check()): the proprietary taint is
+        # sampled before the license check, so the module that sets it also gets the
+        # older "module license taints kernel." line (seen under QEMU on Debian's 6.12 and
+        # 7.2, not on 6.1: tests/loader/test_kernel_verdicts.py), and a struct module of
+        # another size is refused before module_layout is compared (6.1 compares only
+        # module_layout: tests/loader/test_foreign_modules.py)
+        self.split_load_module = _major_minor(kernel.release) >= (6, 4)
         self.tainted_forced = False
         self.search: SymbolSearch = search if search is not None else DictSearch(kernel)
 
@@ -160,16 +189,25 @@ class Loader:
 
     # --- load_module ------------------------------------------------------------------
 
-    def load(self, module: Module) -> LoadResult:
+    def load(self, module: Module, sig: SigCheck | None = None) -> LoadResult:
+        """load_module(): its checks in the kernel's order, stopping where it stops.
+        *sig* is the verified signature of the module file; without it a signed module
+        is taken as verified (a tree's own modules) and an unsigned one as unsigned."""
         name = module.info1("name") or module.name
-        res = LoadResult(name, module.path, ok=False)
-        msgs = res.messages
-        if name in self.loaded:
-            res.err = -EEXIST
-            msgs.append(Message(f"{name}: module is already loaded", "already_loaded"))
+        res = LoadResult(name, module.path, ok=False, sig=sig)
+        sig_ok = self._module_sig_check(module.signed, sig, res)
+        if res.err or self._elf_validity(module, res):
             return res
-        proprietary = self._check_modinfo(module, name, res)
+        # early_mod_check(): check_modstruct_version(), then check_modinfo()
+        if self._check_modstruct_version(module, name, res):
+            return res
+        self._check_modinfo(module, name, res)
         if res.err:
+            return res
+        if self.split_load_module and self._already_loaded(name, res):
+            return res
+        proprietary = self._augment_taints(module, name, res, sig_ok)
+        if not self.split_load_module and self._already_loaded(name, res):
             return res
         mod = LoadedModule(name, module, self._seq + 1, proprietary)
         err = self._simplify_symbols(module, mod, res)
@@ -187,6 +225,103 @@ class Loader:
     def unload(self, name: str) -> None:
         self.search.remove(self.loaded.pop(name))
 
+    def _already_loaded(self, name: str, res: LoadResult) -> bool:
+        if name in self.loaded:
+            res.err = -EEXIST
+            res.messages.append(Message(f"{name}: module is already loaded", "already_loaded"))
+        return bool(res.err)
+
+    def load_image(self, data: bytes, path: str, sig: SigCheck) -> LoadResult:
+        """load_module() of a module file's (decompressed) bytes whose signature check is
+        *sig*: an ELF header the kernel refuses outright is refused here too, after the
+        signature check; any other image is read and loaded with :meth:`load`."""
+        problem = elf_header_problem(data)
+        if problem is None:
+            return self.load(parse_module(data, path), sig)
+        res = LoadResult(modname(path), path, ok=False, sig=sig)
+        self._module_sig_check(False, sig, res)
+        if not res.err:
+            res.messages.append(Message(problem, "elf"))
+            res.err = -ENOEXEC
+        return res
+
+    def _module_sig_check(self, signed: bool, sig: SigCheck | None, res: LoadResult
+                          ) -> bool:
+        """module_sig_check(): 'sig_ok'; sets res.err where the kernel refuses.  Without
+        CONFIG_MODULE_SIG there is no check (and no taint)."""
+        if not self.module_sig:
+            return True
+        if sig is None:
+            err = 0 if signed else -ENODATA
+        else:
+            err = sig.err
+            res.messages.extend(Message(t, "signature") for t in sig.lines)
+        if err == 0:
+            return True
+        reason = SIG_FORGIVEN.get(-err)
+        if reason is None:
+            res.err = err     # a bad signature is fatal even without enforcement
+            return False
+        if self.sig_enforce:
+            res.messages.append(Message(f"Loading of {reason} is rejected", "signature"))
+            res.err = -EKEYREJECTED
+        return False
+
+    def _elf_validity(self, module: Module, res: LoadResult) -> bool:
+        """elf_validity_ehdr() and, since 6.4, elf_validity_cache_index_mod(): True when
+        the module is refused (res.err set)."""
+        machine = self.kernel.machine
+        if machine and module.machine != machine and \
+                not (machine == EM_386 and module.machine == EM_486):
+            # elf_check_arch(); the line names no module
+            res.messages.append(Message(
+                f"Invalid architecture in ELF header: {module.machine}", "elf"))
+            res.err = -ENOEXEC
+            return True
+        info_name = module.info1("name") or "(missing .modinfo section or name field)"
+        tm = module.this_module
+        why = None
+        if tm is None:
+            return False      # not known (facts from an older snapshot)
+        if tm.count == 0 or (self.split_load_module and tm.count != 1):
+            why = "Exactly one .gnu.linkonce.this_module section must exist." \
+                if self.split_load_module else None
+            if why is None:
+                # setup_load_info() before 6.4
+                res.messages.append(Message(f"{info_name}: No module found in object",
+                                            "elf"))
+                res.err = -ENOEXEC
+                return True
+        elif not self.split_load_module:
+            return False
+        elif tm.type == SHT_NOBITS:
+            why = ".gnu.linkonce.this_module section must have a size set"
+        elif not tm.flags & SHF_ALLOC:
+            why = ".gnu.linkonce.this_module must occupy memory during process execution"
+        elif self.kernel.struct_module_size is not None and \
+                tm.size != self.kernel.struct_module_size:
+            why = ".gnu.linkonce.this_module section size must match the kernel's built " \
+                  "struct module size at run time"
+        if why is None:
+            return False
+        res.messages.append(Message(f"module {info_name}: {why}", "elf"))
+        res.err = -ENOEXEC
+        return True
+
+    def _check_modstruct_version(self, module: Module, name: str, res: LoadResult) -> bool:
+        """check_modstruct_version(): check_version() of module_layout, where vmlinux
+        exports it with a CRC; True when the module is refused."""
+        if not self.modversions:
+            return False
+        hit = self.find_symbol("module_layout", gplok=True)
+        if hit is None or hit[1].crc is None:
+            return False
+        err = self._check_version(module, name, "module_layout", dict(module.versions)
+                                  .get("module_layout"), hit[1].crc, res)
+        if err:
+            res.err = -ENOEXEC
+        return bool(err)
+
     def _taint_forced(self, name: str, reason: str, res: LoadResult) -> int:
         """try_to_force_load()"""
         if not self.force_load:
@@ -195,35 +330,83 @@ class Loader:
             res.messages.append(Message(f"{name}: {reason}: kernel tainted.", "forced",
                                         error=False))
         self.tainted_forced = True
+        self._lockdep_unreliable(res)
         return 0
 
-    def _check_modinfo(self, module: Module, name: str, res: LoadResult) -> bool:
-        """check_modinfo() and module_license_taint_check(); returns 'proprietary'."""
+    def _lockdep_unreliable(self, res: LoadResult) -> None:
+        """add_taint(..., LOCKDEP_NOW_UNRELIABLE): the first such taint of a boot turns
+        lock debugging off and says so (kernel/panic.c)."""
+        if self.debug_locks:
+            res.messages.append(Message("Disabling lock debugging due to kernel taint",
+                                        "taint", error=False))
+        self.debug_locks = False
+
+    def _check_modinfo(self, module: Module, name: str, res: LoadResult) -> None:
+        """check_modinfo(): the version magic and livepatch support; sets res.err."""
         kmagic = self.kernel.vermagic
         magic = module.info1("vermagic")
         if magic is None:
             err = self._taint_forced(name, "bad vermagic", res)
             if err:
                 res.err = err
-                return False
+                return
         elif kmagic is not None and not same_magic(magic, kmagic,
                                                    module.has_versions and self.modversions):
             res.messages.append(Message(f"{name}: version magic '{magic}' should be "
                                         f"'{kmagic}'", "vermagic"))
             res.err = -ENOEXEC
-            return False
+            return
+        if module.info1("livepatch") is not None and not self.livepatch:
+            res.messages.append(Message(f"{name}: module is marked as livepatch module, but "
+                                        "livepatch support is disabled", "livepatch"))
+            res.err = -ENOEXEC
+
+    def _taint_once(self, flag: str, text: str, res: LoadResult) -> None:
+        """A taint line the kernel prints only while the taint is not yet set."""
+        if flag not in self.taints:
+            res.messages.append(Message(text, "taint", error=False))
+        self.taints.add(flag)
+
+    def _augment_taints(self, module: Module, name: str, res: LoadResult, sig_ok: bool
+                        ) -> bool:
+        """module_augment_kernel_taints() (6.4+; before, the same lines from
+        check_modinfo() and load_module() in the same order); returns 'proprietary'."""
+        if module.info1("intree") is None:
+            self._taint_once("O", f"{name}: loading out-of-tree module taints kernel.", res)
+        if module.info1("staging") is not None:
+            res.messages.append(Message(f"{name}: module is from the staging directory, the "
+                                        "quality is unknown, you have been warned.", "taint",
+                                        error=False))
+        if module.info1("livepatch") is not None:
+            self._taint_once("K", f"{name}: tainting kernel with TAINT_LIVEPATCH", res)
+        prev_proprietary = self.tainted_proprietary
         lic = module.license or "unspecified"
         proprietary = not license_is_gpl_compatible(lic)
-        if name in ("ndiswrapper", "driverloader"):
-            proprietary = True
         if proprietary:
+            # module_license_taint_check()
             if not self.tainted_proprietary:
                 res.messages.append(Message(f"{name}: module license '{lic}' taints kernel.",
                                             "license_taint", error=False))
-                if self.license_taint_twice:
-                    res.messages.append(Message(f"{name}: module license taints kernel.",
-                                                "license_taint", error=False))
             self.tainted_proprietary = True
+            self._lockdep_unreliable(res)
+        if module.info1("test") is not None:
+            self._taint_once("N", f"{name}: loading test module taints kernel.", res)
+        if self.module_sig and not sig_ok:
+            # pr_notice_once(): once per boot, whichever module
+            self._taint_once("E", f"{name}: module verification failed: signature and/or "
+                             "required key missing - tainting kernel", res)
+        # ndiswrapper taints the kernel but may still use GPL-only symbols; driverloader
+        # and lve are tainted themselves
+        if name in ("driverloader", "lve"):
+            proprietary = True
+        if name in ("ndiswrapper", "driverloader", "lve"):
+            self.tainted_proprietary = True
+            self._lockdep_unreliable(res)
+        if self.split_load_module and not prev_proprietary and self.tainted_proprietary:
+            # seen under QEMU on Debian's 6.12 and 7.2, not on 6.1
+            # (tests/loader/test_kernel_verdicts.py)
+            res.messages.append(Message(f"{name}: module license taints kernel.",
+                                        "license_taint", error=False))
         return proprietary
 
     def _simplify_symbols(self, module: Module, mod: LoadedModule, res: LoadResult) -> int:
@@ -274,20 +457,9 @@ class Loader:
                     f"{owner.name}, inheriting taint.", "gpl_taint", sym, error=False))
                 mod.proprietary = True
         # check_version()
-        if self.modversions and e.crc is not None:
-            if not module.has_versions:
-                if self._taint_forced(mod.name, sym, res):
-                    return -EINVAL
-            elif crc is None:
-                # a refusal, for every such symbol: seen under QEMU on Debian's 6.1 and
-                # 6.12 (tests/loader/test_kernel_verdicts.py)
-                res.messages.append(Message(f"{mod.name}: no symbol version for {sym}",
-                                            "version", sym))
-                return -EINVAL
-            elif crc != e.crc:
-                res.messages.append(Message(
-                    f"{mod.name}: disagrees about version of symbol {sym}", "version", sym))
-                return -EINVAL
+        if self.modversions and e.crc is not None and \
+                self._check_version(module, mod.name, sym, crc, e.crc, res):
+            return -EINVAL
         # verify_namespace_is_imported()
         ns = e.namespace
         if ns and not (ns.startswith("module:") and module_match(mod.name, ns[7:])) \
@@ -299,6 +471,23 @@ class Loader:
                 return -EINVAL
         if e.flags & KSYM_FLAG_PROTECTED and not module.signed:
             return -EACCES
+        return 0
+
+    def _check_version(self, module: Module, name: str, sym: str, crc: int | None,
+                       want: int, res: LoadResult) -> int:
+        """check_version(): 0, or -EINVAL when the module's CRC of *sym* is not *want*."""
+        if not module.has_versions:
+            return -EINVAL if self._taint_forced(name, sym, res) else 0
+        if crc is None:
+            # a refusal, for every such symbol: seen under QEMU on Debian's 6.1 and
+            # 6.12 (tests/loader/test_kernel_verdicts.py)
+            res.messages.append(Message(f"{name}: no symbol version for {sym}", "version",
+                                        sym))
+            return -EINVAL
+        if crc != want:
+            res.messages.append(Message(
+                f"{name}: disagrees about version of symbol {sym}", "version", sym))
+            return -EINVAL
         return 0
 
     def _verify_exported_symbols(self, module: Module, name: str, res: LoadResult) -> int:
