@@ -107,7 +107,7 @@ def cmd_kernel_build(a: argparse.Namespace) -> int:
 def cmd_kernel_bench(a: argparse.Namespace) -> int:
     from fastlkm.kbuild.bench import run_bench
 
-    report = run_bench(rounds=a.rounds, json_path=a.json)
+    report = run_bench(rounds=a.rounds, json_path=a.json, clock=a.clock)
     print(report.text())
     return 0 if report.ok else 1
 
@@ -227,6 +227,9 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         kq.add_argument("--rounds", type=int, default=5,
                         help="rounds per strategy (default 5)")
         kq.add_argument("--json", metavar="FILE", help="write the report as JSON")
+        kq.add_argument("--clock", choices=("icount", "host"), default="icount",
+                        help="the guest's clock: instructions executed (icount, the "
+                        "default: the same whatever the host's load) or the host's")
         kq.set_defaults(func=cmd_kernel_bench)
 
     h = command("hash", help="embed hash tables (and sort export tables) in modules "

@@ -16,8 +16,13 @@ Beside it, the loader model replays the same loads in the same order against the
 files (vmlinux and the processed modules) and predicts each strategy's lookups and
 strcmp() calls: the kernel's counts must equal them, round after round.
 
-TCG models no caches: the kernel's times are emulated instructions, comparable between
-the strategies of one boot, not with a real machine's.
+The kernel times each lookup with local_clock().  By default QEMU runs with ``-icount
+shift=0``: the guest's clock advances 1 ns per instruction executed, so a time is an
+instruction count, the same run after run whatever else the host does (this machine is
+shared).  ``clock="host"`` lets the guest's clock follow the host's instead: times then
+include the emulator's own costs (memory accesses through its soft TLB, indirect jumps)
+and the host's load.  Neither models caches or memory latency: the times compare the
+strategies of one boot, not a real machine's.
 """
 
 from __future__ import annotations
@@ -36,6 +41,16 @@ from fastlkm.loader.scenario import RecordingSearch, export_tables
 from fastlkm.lookup.replay import LOAD, Event, replay
 from fastlkm.lookup.strategies import STRATEGIES
 from fastlkm.target import System
+
+CLOCK_NOTES = {
+    "icount": ("QEMU TCG with -icount shift=0: the guest's clock counts instructions "
+               "executed, 1 ns each, whatever the host's load; no caches or memory "
+               "latency are modelled: times compare the strategies of one boot, not "
+               "real hardware"),
+    "host": ("QEMU TCG, the guest's clock following the host's: times include the "
+             "emulator's costs and the host's load; no caches are modelled: times "
+             "compare the strategies of one boot, not real hardware"),
+}
 
 # the kernel's module.lookup names, those of fastlkm bench
 KERNEL_STRATEGIES = ("linear", "bsearch", "sysv", "sysv-djb", "gnu", "perfect", "global")
@@ -91,8 +106,12 @@ class KernelReport:
     seconds: float
     refusals: list[str]               # the loader's refusals in the kernel log
     clock_ns: int = 0                 # taken off each lookup: its two clock reads
-    note: str = ("QEMU TCG: software emulation models no caches; times compare the "
-                 "strategies of one boot, not real hardware")
+    clock: str = "icount"             # the guest's clock: "icount" or "host"
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.note:
+            self.note = CLOCK_NOTES[self.clock]
 
     @property
     def ok(self) -> bool:
@@ -294,7 +313,7 @@ def _delta(snaps: list[tuple[str, str, dict[str, dict[str, int]]]], strategy: st
 
 def run_bench(rounds: int = 5, json_path: str | None = None,
               build: KernelBuild | None = None, modules: list[str] | None = None,
-              timeout: float = 3000) -> KernelReport:
+              timeout: float = 3000, clock: str = "icount") -> KernelReport:
     """Boot the built kernel once, measure every strategy, set the model beside it."""
     from fastlkm.target import open_system
 
@@ -309,18 +328,19 @@ def run_bench(rounds: int = 5, json_path: str | None = None,
                       (build.moddir / m.path).read_bytes(), 0))
     init = init_script(names, KERNEL_STRATEGIES, rounds)
     guest = run_guest(build.bzimage, busybox_initramfs(init, files),
-                      append="module.sig_enforce=1", timeout=timeout, memory_mb=1536)
+                      append="module.sig_enforce=1", timeout=timeout, memory_mb=1536,
+                      icount=clock == "icount")
     g = parse_guest(guest.results)
     model = model_counts(system, g.stuck, g.list)
     final = next(t for r, s, t in g.snapshots if r == "check")
     loaded = next((t for r, s, t in g.snapshots if r == "0"), final)
     # what the two clock reads around each lookup add, measured by the kernel at boot
-    clock = final.get("clock_ns", {}).get("value", 0)
+    clock_ns = final.get("clock_ns", {}).get("value", 0)
     reports = []
     for s in KERNEL_STRATEGIES:
         per = _delta(g.snapshots, s)
         for d in per:
-            d["ns"] = max(0, d["ns"] - clock * d["lookups"])
+            d["ns"] = max(0, d["ns"] - clock_ns * d["lookups"])
         ns = [d["ns"] / d["lookups"] for d in per if d["lookups"]]
         lookups = per[-1]["lookups"] if per else 0
         strcmp = per[-1]["strcmp"] if per else 0
@@ -356,7 +376,7 @@ def run_bench(rounds: int = 5, json_path: str | None = None,
             r.vs_bsearch = base["bsearch"] / r.kernel_ns_per_lookup
     report = KernelReport(build.release, len(g.list), int(build.info["vmlinux_exports"]),
                           rounds, reports, g.noload, g.stuck, guest.seconds,
-                          refusals(g.dmesg), clock)
+                          refusals(g.dmesg), clock_ns, clock)
     if json_path:
         atomic_write(Path(json_path), json.dumps(report.to_json(), indent=1).encode())
     return report
