@@ -137,6 +137,16 @@ def _kernel_lines(dmesg: str) -> list[str]:
 
 
 @pytest.mark.corpus
+def _write_steps(tmp_path: Path, steps: list) -> list[Path]:
+    """Each step's module bytes in a file of its own, numbered in load order."""
+    files = []
+    for i, (_, _, data, _) in enumerate(steps):
+        f = tmp_path / f"{i:03}.ko"
+        f.write_bytes(data)
+        files.append(f)
+    return files
+
+
 @pytest.mark.qemu
 @pytest.mark.parametrize("kernel", BOOTED)
 def test_model_says_what_the_kernel_says(system, tmp_path: Path, kernel: str) -> None:
@@ -144,11 +154,7 @@ def test_model_says_what_the_kernel_says(system, tmp_path: Path, kernel: str) ->
         skip_or_fail(reason)
     s = system(kernel, "vmlinuz")
     steps = _plan(s)
-    files = []
-    for i, (_, _, data, _) in enumerate(steps):
-        f = tmp_path / f"{i:03}.ko"
-        f.write_bytes(data)
-        files.append(f)
+    files = _write_steps(tmp_path, steps)
     # the model reads the very bytes the kernel gets
     loader = Loader(s.kernel)
     model_lines: list[str] = []
@@ -279,11 +285,7 @@ def test_every_kind_of_message_as_the_kernel_says_it(system, tmp_path: Path,
         skip_or_fail(reason)
     s = system(kernel, "vmlinuz")
     steps = _more_plan(s)
-    files = []
-    for i, (_, _, data, _) in enumerate(steps):
-        f = tmp_path / f"{i:03}.ko"
-        f.write_bytes(data)
-        files.append(f)
+    files = _write_steps(tmp_path, steps)
     loader = Loader(s.kernel)
     model_ok: dict[str, bool] = {}
     model_lines: list[str] = []
