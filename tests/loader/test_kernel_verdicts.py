@@ -136,7 +136,6 @@ def _kernel_lines(dmesg: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-@pytest.mark.corpus
 def _write_steps(tmp_path: Path, steps: list) -> list[Path]:
     """Each step's module bytes in a file of its own, numbered in load order."""
     files = []
@@ -147,6 +146,7 @@ def _write_steps(tmp_path: Path, steps: list) -> list[Path]:
     return files
 
 
+@pytest.mark.corpus
 @pytest.mark.qemu
 @pytest.mark.parametrize("kernel", BOOTED)
 def test_model_says_what_the_kernel_says(system, tmp_path: Path, kernel: str) -> None:
