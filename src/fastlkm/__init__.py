@@ -25,6 +25,7 @@ _API = {
     "Loader": "fastlkm.loader.loader",
     "LoadResult": "fastlkm.loader.loader",
     "verify_module": "fastlkm.kernel.signature",
+    "probe_order": "fastlkm.depmod.probe",
     # one function per command
     "resolve": "fastlkm.verdicts",
     "check": "fastlkm.verdicts",

@@ -12,6 +12,7 @@ from typing import IO
 
 from cryptography.hazmat.primitives import serialization
 
+from fastlkm.depmod.probe import probe_order
 from fastlkm.errors import EXIT_FAIL, EXIT_SKIPPED, FastlkmError, UsageError, warn_skipped
 from fastlkm.kernel.facts import Module
 from fastlkm.kernel.signature import SigCheck
@@ -102,7 +103,9 @@ def resolve(target: str | None, modules: list[str] | None = None, source: str | 
         missing = [n for n in wanted if system.module(n) is None]
         if missing:
             raise UsageError(f"no such module in {system.origin}: {', '.join(missing)}")
-    return Resolution(system, Loader(system.kernel).modprobe(system.modules, wanted))
+    loader = Loader(system.kernel)
+    return Resolution(system, [loader.load(m) for m in
+                               probe_order(system.modules, system.order, wanted)])
 
 
 @dataclass
@@ -239,7 +242,6 @@ def check_many(module: str, kernels: list[str | None], source: str | None = None
     from fastlkm.io.codecs import decompress_file
     from fastlkm.kernel.module import elf_header_problem, parse_module
     from fastlkm.kernel.signature import verify_module
-    from fastlkm.loader.loader import load_order
 
     extra = read_keys(keys or [])
     try:
@@ -261,7 +263,7 @@ def check_many(module: str, kernels: list[str | None], source: str | None = None
             continue
         others = [m for m in system.modules if m.name != mod.name]
         results = [loader.load(m, sig if m is mod else None)
-                   for m in load_order([*others, mod], [mod.name], system.kernel)]
+                   for m in probe_order([*others, mod], system.order, [mod.name])]
         checks.append(Check(module, system, results, _notes(system, loader, mod, sig,
                                                              len(extra))))
     return Checks(checks)

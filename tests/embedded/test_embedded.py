@@ -7,6 +7,7 @@ import struct
 
 import pytest
 
+from fastlkm.depmod.probe import probe_order
 from fastlkm.elf.reader import ElfFile
 from fastlkm.elf.writer import ElfWriter
 from fastlkm.embedded.codec import EMBEDDED, HEADER_SIZE, STORABLE, embedded_strategy
@@ -191,7 +192,7 @@ def test_loader_session_on_embedded_tables(system, tmp_path, style: str) -> None
 
     s = system("6.12-amd64")
     assert s.tree is not None and s.tree.vmlinuz is not None
-    sc = record(s.kernel, s.modules, ["ext4"])
+    sc = record(s.kernel, probe_order(s.modules, s.order, ["ext4"]))
     assert len(sc.module_names) == 4 and all(r.ok for r in sc.results)
     opts = HashOptions(style, sort=True, undef_hash=True, strip_signature=True)
     image = extract_vmlinux(decompress_file(str(s.tree.vmlinuz)), str(s.tree.vmlinuz))

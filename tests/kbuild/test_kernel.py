@@ -16,18 +16,25 @@ from __future__ import annotations
 import random
 import re
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from fastlkm.depmod.probe import probe_order
 from fastlkm.elf.reader import ElfFile
 from fastlkm.embedded.codec import split_records
 from fastlkm.embedded.read import verify_image
 from fastlkm.kbuild.bench import KERNEL_STRATEGIES, init_script, parse_guest, run_bench
-from fastlkm.kbuild.build import SOURCE_PACKAGE, KernelBuild, build_kernel, series
+from fastlkm.kbuild.build import (
+    SOURCE_PACKAGE,
+    KernelBuild,
+    build_kernel,
+    pristine_source,
+    series,
+)
 from fastlkm.kbuild.qemu import INIT_HEAD, INIT_TAIL, busybox_initramfs, run_guest
 from fastlkm.kernel.signature import split_signature
-from fastlkm.loader.loader import load_order
 from fastlkm.target import open_system
 from tests.conftest import skip_or_fail
 
@@ -55,6 +62,27 @@ def test_the_patch_series_carries_the_lookup_core_byte_for_byte() -> None:
         assert got == want, f"{p.name}: {PATCHED_HEADER} differs from the package's"
         return
     pytest.fail(f"no patch of the series adds {PATCHED_HEADER}")
+
+
+def test_the_series_is_checkpatch_clean() -> None:
+    """Each patch passes the kernel's own scripts/checkpatch.pl --strict: no error, no
+    check, and no warning but the one asking whether MAINTAINERS needs a new file."""
+    try:
+        tree = pristine_source(KERNEL_CACHE)
+    except OSError as e:
+        skip_or_fail(f"cannot fetch {SOURCE_PACKAGE}: {e}")
+        raise
+    new_files = 0
+    for p in series():
+        r = subprocess.run(["perl", "scripts/checkpatch.pl", "--strict", "--terse",
+                            "--show-types", str(p)], cwd=tree, capture_output=True,
+                           text=True)
+        assert r.returncode in (0, 1) and not r.stderr, (p.name, r.stderr[-300:])
+        found = [line for line in r.stdout.splitlines()
+                 if re.search(r": (ERROR|WARNING|CHECK):", line)]
+        assert all(":FILE_PATH_CHANGES:" in line for line in found), (p.name, found)
+        new_files += len(found)
+    assert new_files, "checkpatch said nothing of the files the series adds"
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +151,7 @@ def test_damaged_tables_are_refused_and_binary_searched(built: KernelBuild) -> N
     system = open_system(str(built.modroot), source="vmlinux")
     # a module with exports whose importer loads on top of it: the importer resolves
     # through the damaged tables' fallback
-    order = load_order(system.modules, ["ext4"], system.kernel)
+    order = probe_order(system.modules, system.order, ["ext4"])
     names = [m.name for m in order]
     if "jbd2" not in names:
         skip_or_fail("the build has no ext4 with jbd2 as modules")
@@ -238,7 +266,7 @@ def test_every_strategy_refuses_as_the_stock_kernel(built: KernelBuild) -> None:
     name, the same exports); the stock kernel's
     words are those of module.lookup=bsearch, mainline's code path."""
     system = open_system(str(built.modroot), source="vmlinux")
-    order = load_order(system.modules, ["ext4"], system.kernel)
+    order = probe_order(system.modules, system.order, ["ext4"])
     by = {m.name: m for m in order}
     if not {"ext4", "jbd2", "mbcache"} <= set(by):
         skip_or_fail("the build has no ext4 with jbd2 and mbcache as modules")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from fastlkm.depmod.probe import probe_order
 from fastlkm.errors import FormatError
 from fastlkm.io.codecs import compress
 from fastlkm.kernel.facts import KSYM_FLAG_GPL_ONLY, Export, License
@@ -21,7 +22,7 @@ from fastlkm.kernel.imagesyms import MODES, Mode, Recovered, recover_exports
 from fastlkm.kernel.symvers import parse_symvers, vmlinux_exports
 from fastlkm.kernel.tree import exports_from_image
 from fastlkm.kernel.vmlinuz import describe, image_form, payloads
-from fastlkm.loader.loader import Loader, load_order
+from fastlkm.loader.loader import Loader
 from fastlkm.target import System, compare_sources, open_system
 from tests.conftest import corpus_module
 from tests.kernel.test_vmlinuz import zboot
@@ -454,7 +455,7 @@ def test_resolve_from_the_image_alone(name: str, system: Callable[..., System]) 
     s = system(name, "vmlinuz")
     assert s.kernel.source.startswith("vmlinuz ")
     loader = Loader(s.kernel)
-    results = [loader.load(m) for m in load_order(s.modules, kernel=s.kernel)]
+    results = [loader.load(m) for m in probe_order(s.modules, s.order)]
     failures = [m.text for r in results for m in r.failures]
     assert len(results) == len(s.modules) and not failures, failures[:10]
     # --compare: the headers' Module.symvers agrees with the image, export for export
@@ -479,5 +480,5 @@ def test_snapshot_from_the_image_package_alone(
     s = open_system(str(snap))
     assert s.kernel.source.startswith("vmlinuz ") and len(s.kernel.exports) > 0
     loader = Loader(s.kernel)
-    results = [loader.load(m) for m in load_order(s.modules, kernel=s.kernel)]
+    results = [loader.load(m) for m in probe_order(s.modules, s.order)]
     assert len(results) == len(s.modules) and not [m for r in results for m in r.failures]

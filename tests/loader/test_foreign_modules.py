@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from fastlkm.depmod.probe import dependencies
 from fastlkm.io.codecs import decompress_file
 from fastlkm.kernel.signature import EKEYREJECTED, sign, verify_module
-from fastlkm.loader.loader import Loader, dependency_map
+from fastlkm.loader.loader import Loader
 from fastlkm.snapshot import save
 from fastlkm.target import System, to_snapshot
 from fastlkm.verdicts import check_many
@@ -95,7 +96,7 @@ def built(tmp_path_factory: pytest.TempPathFactory,
 def _quiet_leaves(s: System) -> list[Path]:
     """Signed modules of *s* without dependencies under kernel/lib/, fewest imports
     first: safe to initialise in a bare virtual machine, and silent."""
-    deps = dependency_map(s.modules, s.kernel)
+    deps = dependencies(s.modules, s.order)
     leaves = sorted((m for m in s.modules if m.path.startswith("kernel/lib/")
                      and not deps[m.name] and m.signed),
                     key=lambda m: (len(m.imports), m.name))

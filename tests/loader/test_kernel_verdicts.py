@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from fastlkm.depmod.probe import dependencies, probe_order
 from fastlkm.io.codecs import decompress_file
 from fastlkm.kernel.facts import License, Module
 from fastlkm.kernel.module import parse_module
-from fastlkm.loader.loader import Loader, dependency_map, load_order
+from fastlkm.loader.loader import Loader
 from fastlkm.target import System
 from tests.conftest import skip_or_fail
 from tests.loader import mutate
@@ -49,7 +50,7 @@ Plan = list[tuple[str, Module, bytes, set[str] | None]]
 def _plan(s: System) -> Plan:
     """The insmod sequence: (label, module facts, bytes to load, the symbols that must
     be unknown, or None for a module that must load)."""
-    deps = dependency_map(s.modules, s.kernel)
+    deps = dependencies(s.modules, s.order)
     by_name = {m.name: m for m in s.modules}
     vml = _vmlinux_exports(s)
     moddir = s.tree.moddir if s.tree else Path()
@@ -70,7 +71,7 @@ def _plan(s: System) -> Plan:
     #    direct dependencies that nothing else in the chain needs
     top = drop = None
     for m in sorted(s.modules, key=lambda m: m.name):
-        chain = load_order(s.modules, [m.name], s.kernel)
+        chain = probe_order(s.modules, s.order, [m.name])
         if not 3 <= len(chain) <= 6 or not all(safe(c) for c in chain):
             continue
         others = [c for c in chain if c.name != m.name]
@@ -82,7 +83,7 @@ def _plan(s: System) -> Plan:
             break
     if top is None or drop is None:
         skip_or_fail("no safe dependency chain found")
-    chain = load_order(s.modules, [top.name], s.kernel)
+    chain = probe_order(s.modules, s.order, [top.name])
     for c in chain:
         if c.name not in (top.name, drop.name):
             steps.append((f"dep {c.name}", c, raw(c), None))
@@ -199,7 +200,7 @@ def _more_plan(s: System) -> Plan:
     and the modules using its exports (one that inherits its taint, one that uses
     GPL-only symbols first, where the tree has them), each on a safe module without
     dependencies (the users depend on the proprietary module alone)."""
-    deps = dependency_map(s.modules, s.kernel)
+    deps = dependencies(s.modules, s.order)
     vml = _vmlinux_exports(s)
     moddir = s.tree.moddir if s.tree else Path()
     names = {m.name for m in s.modules}
@@ -318,7 +319,7 @@ def test_module_namespace_as_the_kernel_says_it(system, tmp_path: Path, kernel: 
     if reason := missing_tools():
         skip_or_fail(reason)
     s = system(kernel, "vmlinuz")
-    deps = dependency_map(s.modules, s.kernel)
+    deps = dependencies(s.modules, s.order)
     names = {m.name for m in s.modules}
     moddir = s.tree.moddir if s.tree else Path()
     for_modules = {e.namespace for e in s.kernel.exports if e.namespace.startswith("module:")}

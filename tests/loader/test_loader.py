@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 
+from fastlkm.depmod.probe import probe_order
 from fastlkm.kernel.facts import Export, Import, Kernel, License, Module
-from fastlkm.loader.loader import Loader, load_order, module_match, same_magic
+from fastlkm.loader.loader import Loader, module_match, same_magic
 from tests.conftest import KERNELS
 
 GPL = (("license", "GPL"), ("intree", "Y"))
@@ -296,14 +297,6 @@ def test_livepatch_needs_support() -> None:
     assert r.ok and "m: tainting kernel with TAINT_LIVEPATCH" in texts(r)
 
 
-def test_load_order_dependencies_first() -> None:
-    a = mod("a", exports=(Export("fa"),))
-    b = mod("b", ("fa",), exports=(Export("fb"),))
-    c = mod("c", ("fb", "fa"))
-    assert [m.name for m in load_order([c, b, a])] == ["a", "b", "c"]
-    assert [m.name for m in load_order([c, b, a], ["b"])] == ["a", "b"]
-
-
 # --- real kernels -------------------------------------------------------------------------
 
 
@@ -314,7 +307,7 @@ def test_every_module_of_real_tree_loads(system, name: str, source: str) -> None
     s = system(name, source)
     assert s.kernel.source.startswith(source)
     L = Loader(s.kernel)
-    results = [L.load(m) for m in load_order(s.modules, kernel=s.kernel)]
+    results = [L.load(m) for m in probe_order(s.modules, s.order)]
     failures = [m.text for r in results for m in r.failures]
     assert len(results) == len(s.modules) and not failures, failures[:10]
     assert sum(r.lookups for r in results) == sum(len(m.imports) for m in s.modules)

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fastlkm.depmod.probe import probe_order
 from fastlkm.loader.scenario import Scenario, record
 from fastlkm.lookup import native
 from fastlkm.lookup.base import GPL_ONLY, NOT_GPL_ONLY, PER_ENTRY, Table
@@ -199,12 +200,12 @@ def snapshot() -> System:
 
 @pytest.fixture(scope="module")
 def small(snapshot: System) -> Scenario:
-    return record(snapshot.kernel, snapshot.modules, SMALL)
+    return record(snapshot.kernel, probe_order(snapshot.modules, snapshot.order, SMALL))
 
 
 @pytest.fixture(scope="module")
 def everything(snapshot: System) -> Scenario:
-    return record(snapshot.kernel, snapshot.modules)
+    return record(snapshot.kernel, probe_order(snapshot.modules, snapshot.order))
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))

@@ -156,11 +156,13 @@ def test_strategies_agree_on_random_tables(names: list[bytes], probes: list[byte
 
 @pytest.mark.parametrize("name", [n for n in STRATEGIES if n != "linear"])
 def test_real_session_every_lookup_as_the_loader(name: str) -> None:
+    from fastlkm.depmod.probe import probe_order
     from fastlkm.loader.scenario import record
     from fastlkm.target import open_system, shipped_snapshot
 
     s = open_system(str(shipped_snapshot()))
-    sc = record(s.kernel, s.modules, ["ext4", "nvme", "e1000e", "kvm_intel"])
+    wanted = ["ext4", "nvme", "e1000e", "kvm_intel"]
+    sc = record(s.kernel, probe_order(s.modules, s.order, wanted))
     lookups = [e for e in sc.events if e.op == LOOKUP]
     r = replay(STRATEGIES[name], sc.vmlinux, sc.modules, sc.events)
     assert r.results == [e.expected for e in lookups]

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from fastlkm.depmod.probe import probe_order
 from fastlkm.errors import FormatError, UsageError
 from fastlkm.kernel.facts import Module
 from fastlkm.loader.scenario import Scenario, record
@@ -116,18 +117,19 @@ def boot_modules(modules: list[Module]) -> list[str]:
 
 def scenario_for(system: System, scenario: str) -> tuple[str, Scenario]:
     if scenario == "all":
-        return "all", record(system.kernel, system.modules)
+        return "all", record(system.kernel, probe_order(system.modules, system.order))
     if scenario == "boot":
         names = boot_modules(system.modules)
-        return f"boot ({len(names)} modules listed)", record(system.kernel, system.modules,
-                                                             names)
+        return f"boot ({len(names)} modules listed)", \
+            record(system.kernel, probe_order(system.modules, system.order, names))
     names = read_module_list(scenario)
     have = {m.name for m in system.modules}
     missing = [n for n in names if n not in have]
     if len(missing) == len(names):
         raise UsageError(f"{scenario}: none of its modules is in {system.origin}")
     return f"{Path(scenario).name} ({len(names) - len(missing)} modules)", \
-        record(system.kernel, system.modules, [n for n in names if n in have])
+        record(system.kernel, probe_order(system.modules, system.order,
+                                          [n for n in names if n in have]))
 
 
 def machine() -> str:

@@ -12,6 +12,8 @@
 - :mod:`~fastlkm.depmod.output`: every file depmod writes (depmod_output())
 - :mod:`~fastlkm.depmod.kmod_index` (+ ``_kmod_index.c``): kmod's binary index
 - :mod:`~fastlkm.depmod.write`: the outputs written atomically
+- :mod:`~fastlkm.depmod.probe`: what modprobe inserts for a module, in its order (the
+  one rule for module dependencies, used by the loader's callers)
 
 Kept empty of imports: a warm run loads only the modules it uses.
 """

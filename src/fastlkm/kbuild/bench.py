@@ -33,10 +33,11 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fastlkm.depmod.probe import probe_order
 from fastlkm.io.atomic import atomic_write
 from fastlkm.kbuild.build import KernelBuild, build_kernel
 from fastlkm.kbuild.qemu import INIT_HEAD, INIT_TAIL, Entry, busybox_initramfs, run_guest
-from fastlkm.loader.loader import Loader, load_order
+from fastlkm.loader.loader import Loader
 from fastlkm.loader.scenario import RecordingSearch, export_tables
 from fastlkm.lookup.replay import LOAD, Event, replay
 from fastlkm.lookup.strategies import STRATEGIES
@@ -319,7 +320,7 @@ def run_bench(rounds: int = 5, json_path: str | None = None,
 
     build = build or build_kernel()
     system = open_system(str(build.modroot), source="vmlinux")
-    ordered = load_order(system.modules, modules, system.kernel)
+    ordered = probe_order(system.modules, system.order, modules)
     files: list[Entry] = []
     names = []
     for m in ordered:

@@ -257,6 +257,15 @@ def _progress() -> tuple[Callable[[str], None] | None, Callable[[], None]]:
     return (lambda line: status.update(line[:100])), status.stop
 
 
+def pristine_source(root: Path | None = None) -> Path:
+    """The unpacked, unpatched source tree of the newest linux-source-6.12 (what the
+    series applies to; its scripts/checkpatch.pl judges the series)."""
+    root = root or cache_root()
+    deb, version = fetch_source(root)
+    (root / "work").mkdir(parents=True, exist_ok=True)
+    return _unpack(deb, version, root / "work")
+
+
 def build_kernel(force: bool = False, jobs: int | None = None,
                  root: Path | None = None) -> KernelBuild:
     """The patched kernel, built now or taken from the cache (*root*, default

@@ -25,7 +25,6 @@ Each message is the kernel's own text.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -180,12 +179,6 @@ class Loader:
 
     def find_symbol(self, name: str, gplok: bool) -> tuple[LoadedModule | None, Export] | None:
         return self.search.find(name, gplok)
-
-    def modprobe(self, modules: list[Module], wanted: list[str] | None = None
-                 ) -> list[LoadResult]:
-        """Load *wanted* (default: all of *modules*) with their dependencies, each after
-        what it needs, as modprobe inserts them (load_order()); a result per load."""
-        return [self.load(m) for m in load_order(modules, wanted, self.kernel)]
 
     # --- load_module ------------------------------------------------------------------
 
@@ -518,58 +511,3 @@ def same_magic(amagic: str, bmagic: str, has_crcs: bool) -> bool:
         amagic = amagic[amagic.find(" ") + 1:] if " " in amagic else amagic
         bmagic = bmagic[bmagic.find(" ") + 1:] if " " in bmagic else bmagic
     return amagic == bmagic
-
-
-# --- load order -------------------------------------------------------------------------
-
-
-def dependency_map(modules: Iterable[Module], kernel: Kernel | None = None
-                   ) -> dict[str, list[str]]:
-    """module name -> names of the modules that export what it imports (as depmod
-    computes dependencies: the owner of each undefined symbol)."""
-    mods = list(modules)
-    owner: dict[str, str] = {}
-    builtin = {e.name for e in kernel.exports} if kernel else set()
-    for m in mods:
-        for e in m.exports:
-            owner.setdefault(e.name, m.name)
-    out: dict[str, list[str]] = {}
-    for m in mods:
-        deps: list[str] = []
-        for i in m.imports:
-            o = owner.get(i.name)
-            if o is not None and o != m.name and i.name not in builtin and o not in deps:
-                deps.append(o)
-        out[m.name] = deps
-    return out
-
-
-def load_order(modules: list[Module], wanted: list[str] | None = None,
-               kernel: Kernel | None = None) -> list[Module]:
-    """The modules to load for *wanted* (default: all), dependencies first, as modprobe
-    would insert them.  Cycles are broken where they are found (the kernel would fail
-    those modules: their symbols are unknown)."""
-    by_name = {m.name: m for m in modules}
-    deps = dependency_map(modules, kernel)
-    order: list[Module] = []
-    state: dict[str, int] = {}
-    roots = [w.replace("-", "_") for w in wanted] if wanted else [m.name for m in modules]
-    for r in roots:
-        if r not in by_name:
-            continue
-        stack: list[tuple[str, int]] = [(r, 0)]
-        while stack:
-            n, i = stack.pop()
-            if i == 0:
-                if state.get(n):
-                    continue
-                state[n] = 1
-            d = deps.get(n, [])
-            if i < len(d):
-                stack.append((n, i + 1))
-                if not state.get(d[i]):
-                    stack.append((d[i], 0))
-                continue
-            state[n] = 2
-            order.append(by_name[n])
-    return order

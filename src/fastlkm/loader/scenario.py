@@ -99,11 +99,11 @@ class RecordingSearch(DictSearch):
         self.events.append(Event(UNLOAD, owner=self.ids[id(mod)]))
 
 
-def record(kernel: Kernel, modules: list[Module], wanted: list[str] | None = None
-           ) -> Scenario:
-    """Load *wanted* (default: all) with their dependencies and record the lookups."""
+def record(kernel: Kernel, modules: list[Module]) -> Scenario:
+    """Load *modules* in their order (modprobe's: fastlkm.depmod.probe) and record the
+    lookups."""
     search = RecordingSearch(kernel)
     loader = Loader(kernel, search)
-    results = loader.modprobe(modules, wanted)
+    results = [loader.load(m) for m in modules]
     return Scenario(kernel.release, export_tables(kernel.exports, -1, kernel.modversions),
                     search.tables, search.names, search.events, results)
