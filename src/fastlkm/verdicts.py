@@ -246,19 +246,25 @@ def check_many(module: str, kernels: list[str | None], source: str | None = None
     extra = read_keys(keys or [])
     try:
         data = decompress_file(module)
-        refused = elf_header_problem(data)
-        mod = None if refused else parse_module(data, module)
     except FastlkmError as e:
         raise e.with_path(module) from None
+    try:
+        mod = None if elf_header_problem(data) else parse_module(data, module)
+    except FastlkmError:
+        mod = None     # each kernel's load_image() says what it refuses, or raises
     checks = []
     for k in kernels:
         system = open_system(k, source=source, jobs=jobs)
         certs = (*system.kernel.certificates, *extra)
         sig = verify_module(data, certs)
         loader = Loader(system.kernel, sig_enforce=sig_enforce)
-        if mod is None:
-            # the kernel refuses the ELF header before it reads anything else
-            checks.append(Check(module, system, [loader.load_image(data, module, sig)],
+        if mod is None or loader.image_problem(data):
+            # the kernel refuses the ELF image before it reads it as a module
+            try:
+                result = loader.load_image(data, module, sig)
+            except FastlkmError as e:
+                raise e.with_path(module) from None
+            checks.append(Check(module, system, [result],
                                 _sig_notes(system, loader, sig, len(extra))))
             continue
         others = [m for m in system.modules if m.name != mod.name]

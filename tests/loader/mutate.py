@@ -116,3 +116,56 @@ def hide_version(data: bytes, symbol: str) -> bytes:
         if name == symbol.encode():
             return data[:e + word] + b"X" + data[e + word + 1:]
     raise AssertionError(f"{symbol} not in __versions")
+
+
+# --- damaged ELF section headers (ELF64 little-endian, as the amd64 corpus) -------------
+
+E_SHOFF, E_SHENTSIZE, E_SHNUM, E_SHSTRNDX = 0x28, 0x3A, 0x3C, 0x3E
+SH_NAME, SH_TYPE, SH_OFFSET, SH_LINK = 0, 4, 24, 40
+SHDR_SIZE = 64
+SHT_PROGBITS = 1
+
+
+def _put(data: bytes, at: int, value: int, size: int) -> bytes:
+    return data[:at] + value.to_bytes(size, "little") + data[at + size:]
+
+
+def _shdr_at(data: bytes, index: int) -> int:
+    return int.from_bytes(data[E_SHOFF:E_SHOFF + 8], "little") + index * SHDR_SIZE
+
+
+def _index(data: bytes, name: str) -> int:
+    sec = ElfFile(data).section(name)
+    assert sec is not None, f"no {name} section"
+    return sec.index
+
+
+def set_ehdr(data: bytes, field: str, value: int) -> bytes:
+    """One field of the ELF header: 'shoff', 'shentsize', 'shnum' or 'shstrndx'."""
+    at, size = {"shoff": (E_SHOFF, 8), "shentsize": (E_SHENTSIZE, 2),
+                "shnum": (E_SHNUM, 2), "shstrndx": (E_SHSTRNDX, 2)}[field]
+    return _put(data, at, value, size)
+
+
+def set_shdr(data: bytes, index: int | str, field: str, value: int) -> bytes:
+    """One field of a section header, by index or section name: 'name', 'type',
+    'offset' or 'link'."""
+    i = _index(data, index) if isinstance(index, str) else index
+    at, size = {"name": (SH_NAME, 4), "type": (SH_TYPE, 4), "offset": (SH_OFFSET, 8),
+                "link": (SH_LINK, 4)}[field]
+    return _put(data, _shdr_at(data, i) + at, value, size)
+
+
+def shdr_field(data: bytes, index: int | str, field: str) -> int:
+    i = _index(data, index) if isinstance(index, str) else index
+    at, size = {"name": (SH_NAME, 4), "type": (SH_TYPE, 4), "offset": (SH_OFFSET, 8),
+                "link": (SH_LINK, 4)}[field]
+    start = _shdr_at(data, i) + at
+    return int.from_bytes(data[start:start + size], "little")
+
+
+def unterminated_shstrtab(data: bytes) -> bytes:
+    """The section name table's last byte made a letter."""
+    sec = ElfFile(data).sections[int.from_bytes(data[E_SHSTRNDX:E_SHSTRNDX + 2], "little")]
+    at = sec.offset + sec.size - 1
+    return data[:at] + b"x" + data[at + 1:]

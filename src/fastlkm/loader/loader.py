@@ -29,11 +29,20 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fastlkm.elf.structs import EM_386, EM_PPC64, EM_X86_64, SHF_ALLOC, SHT_NOBITS
+from fastlkm.errors import FormatError
+from fastlkm.kernel.elfcheck import elf_validity
 from fastlkm.kernel.facts import KSYM_FLAG_PROTECTED, Export, Kernel, License, Module
 from fastlkm.kernel.modinfo import license_is_gpl_compatible
 from fastlkm.kernel.modname import modname
 from fastlkm.kernel.module import elf_header_problem, parse_module
-from fastlkm.kernel.signature import EKEYREJECTED, ENODATA, ENOKEY, ENOPKG, SigCheck
+from fastlkm.kernel.signature import (
+    EKEYREJECTED,
+    ENODATA,
+    ENOKEY,
+    ENOPKG,
+    SigCheck,
+    split_signature,
+)
 
 ENOENT, ENOEXEC, EACCES, EEXIST, EINVAL = 2, 8, 13, 17, 22
 EM_486 = 6   # elf_check_arch() of i386 takes it too
@@ -173,7 +182,8 @@ class Loader:
         # 7.2, not on 6.1: tests/loader/test_kernel_verdicts.py), and a struct module of
         # another size is refused before module_layout is compared (6.1 compares only
         # module_layout: tests/loader/test_foreign_modules.py)
-        self.split_load_module = _major_minor(kernel.release) >= (6, 4)
+        self.version = _major_minor(kernel.release)
+        self.split_load_module = self.version >= (6, 4)
         self.tainted_forced = False
         self.search: SymbolSearch = search if search is not None else DictSearch(kernel)
 
@@ -226,9 +236,11 @@ class Loader:
 
     def load_image(self, data: bytes, path: str, sig: SigCheck) -> LoadResult:
         """load_module() of a module file's (decompressed) bytes whose signature check is
-        *sig*: an ELF header the kernel refuses outright is refused here too, after the
-        signature check; any other image is read and loaded with :meth:`load`."""
-        problem = elf_header_problem(data)
+        *sig*: an image the kernel refuses before it reads it as a module (the ELF
+        header's type and machine, the section headers: kernel/elfcheck.py) is refused
+        here too, with the kernel's line, after the signature check; any other image is
+        read and loaded with :meth:`load`."""
+        problem = self.image_problem(data)
         if problem is None:
             return self.load(parse_module(data, path), sig)
         res = LoadResult(modname(path), path, ok=False, sig=sig)
@@ -237,6 +249,22 @@ class Loader:
             res.messages.append(Message(problem, "elf"))
             res.err = -ENOEXEC
         return res
+
+    def image_problem(self, data: bytes) -> str | None:
+        """The kernel's line for a module file's (decompressed) bytes that it refuses
+        before it reads them as a module, or None: the ELF header's type and machine
+        (elf_validity_ehdr()), then the section headers (kernel/elfcheck.py)."""
+        problem = elf_header_problem(data)
+        if problem is None and len(data) >= 64 and data[:4] == b"\x7fELF":
+            problem = self._machine_problem(
+                int.from_bytes(data[18:20], "big" if data[5] == 2 else "little"))
+        if problem is None:
+            try:
+                image = split_signature(data)[0]   # module_sig_check() cut the trailer
+            except FormatError:
+                image = data
+            problem = elf_validity(image, self.version, self.kernel.struct_module_size)
+        return problem
 
     def _module_sig_check(self, signed: bool, sig: SigCheck | None, res: LoadResult
                           ) -> bool:
@@ -260,15 +288,20 @@ class Loader:
             res.err = -EKEYREJECTED
         return False
 
+    def _machine_problem(self, e_machine: int) -> str | None:
+        """elf_check_arch(); the line names no module."""
+        machine = self.kernel.machine
+        if machine and e_machine != machine and \
+                not (machine == EM_386 and e_machine == EM_486):
+            return f"Invalid architecture in ELF header: {e_machine}"
+        return None
+
     def _elf_validity(self, module: Module, res: LoadResult) -> bool:
         """elf_validity_ehdr() and, since 6.4, elf_validity_cache_index_mod(): True when
         the module is refused (res.err set)."""
-        machine = self.kernel.machine
-        if machine and module.machine != machine and \
-                not (machine == EM_386 and module.machine == EM_486):
-            # elf_check_arch(); the line names no module
-            res.messages.append(Message(
-                f"Invalid architecture in ELF header: {module.machine}", "elf"))
+        problem = self._machine_problem(module.machine)
+        if problem:
+            res.messages.append(Message(problem, "elf"))
             res.err = -ENOEXEC
             return True
         info_name = module.info1("name") or "(missing .modinfo section or name field)"
@@ -277,8 +310,10 @@ class Loader:
         if tm is None:
             return False      # not known (facts from an older snapshot)
         if tm.count == 0 or (self.split_load_module and tm.count != 1):
-            why = "Exactly one .gnu.linkonce.this_module section must exist." \
-                if self.split_load_module else None
+            # the words changed with elf_validity_cache_index_mod() in 6.12
+            why = None if not self.split_load_module else \
+                f"{'Exactly' if self.version >= (6, 12) else 'Only'} one " \
+                ".gnu.linkonce.this_module section must exist."
             if why is None:
                 # setup_load_info() before 6.4
                 res.messages.append(Message(f"{info_name}: No module found in object",
