@@ -40,7 +40,7 @@ def seeds(target: str, dest: Path) -> None:
         (dest / f"seed{n}").write_bytes(data)
         n += 1
 
-    if target in ("elf", "scan"):
+    if target in ("elf", "scan", "elfcheck"):
         for m in mods:
             if m.stat().st_size < 64 << 10:
                 put(m.read_bytes())

@@ -69,6 +69,17 @@ def imagesyms(data: bytes) -> None:
     recover_exports(data, "fuzz")
 
 
+def elfcheck(data: bytes) -> None:
+    """load_module()'s section header checks, every generation's: a line or none, never
+    an exception (they read what the ELF reader refuses)."""
+    from fastlkm.kernel.elfcheck import elf_validity
+
+    for version in ((6, 1), (6, 6), (6, 12)):
+        got = elf_validity(data, version, 1344)
+        if got is not None and (not isinstance(got, str) or "\n" in got):
+            raise AssertionError(f"elf_validity gave {got!r}")
+
+
 def codecs(data: bytes) -> None:
     from fastlkm.io.codecs import decompress
 
@@ -142,8 +153,8 @@ def snapshot(data: bytes) -> None:
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
-    f.__name__: f for f in (elf, scan, vmlinuz, imagesyms, codecs, sysmap, symvers, modinfo,
-                            depmod_d, kmod_index, sections, snapshot)
+    f.__name__: f for f in (elf, scan, elfcheck, vmlinuz, imagesyms, codecs, sysmap, symvers,
+                            modinfo, depmod_d, kmod_index, sections, snapshot)
 }
 
 
