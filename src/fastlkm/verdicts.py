@@ -13,6 +13,7 @@ from typing import IO
 from cryptography.hazmat.primitives import serialization
 
 from fastlkm.depmod.probe import probe_order
+from fastlkm.elf.structs import ELFMAG
 from fastlkm.errors import EXIT_FAIL, EXIT_SKIPPED, FastlkmError, UsageError, warn_skipped
 from fastlkm.kernel.facts import Module
 from fastlkm.kernel.signature import SigCheck
@@ -240,7 +241,7 @@ def check_many(module: str, kernels: list[str | None], source: str | None = None
     kernel booted with module.sig_enforce=1; *keys*: certificate files the kernel would
     also trust (MOK, the platform keyring: not readable offline)."""
     from fastlkm.io.codecs import decompress_file
-    from fastlkm.kernel.module import elf_header_problem, parse_module
+    from fastlkm.kernel.module import parse_module
     from fastlkm.kernel.signature import verify_module
 
     extra = read_keys(keys or [])
@@ -249,24 +250,26 @@ def check_many(module: str, kernels: list[str | None], source: str | None = None
     except FastlkmError as e:
         raise e.with_path(module) from None
     try:
-        mod = None if elf_header_problem(data) else parse_module(data, module)
-    except FastlkmError:
-        mod = None     # each kernel's load_image() says what it refuses, or raises
+        mod, unreadable = parse_module(data, module), None
+    except FastlkmError as e:
+        # what a kernel refuses before it reads the module is that kernel's verdict;
+        # a module it would read and fastlkm cannot is an error
+        mod, unreadable = None, e.with_path(module)
+        if not data.startswith(ELFMAG):
+            raise unreadable from None    # no ELF image at all: no kernel to ask
     checks = []
     for k in kernels:
         system = open_system(k, source=source, jobs=jobs)
         certs = (*system.kernel.certificates, *extra)
         sig = verify_module(data, certs)
         loader = Loader(system.kernel, sig_enforce=sig_enforce)
-        if mod is None or loader.image_problem(data):
-            # the kernel refuses the ELF image before it reads it as a module
-            try:
-                result = loader.load_image(data, module, sig)
-            except FastlkmError as e:
-                raise e.with_path(module) from None
-            checks.append(Check(module, system, [result],
+        problem = loader.image_problem(data)
+        if problem is not None:
+            checks.append(Check(module, system, [loader.refuse_image(module, sig, problem)],
                                 _sig_notes(system, loader, sig, len(extra))))
             continue
+        if unreadable is not None:
+            raise unreadable
         others = [m for m in system.modules if m.name != mod.name]
         results = [loader.load(m, sig if m is mod else None)
                    for m in probe_order([*others, mod], system.order, [mod.name])]

@@ -28,7 +28,7 @@ def module(name: str = "m") -> bytes:
 
 
 def shstrndx(d: bytes) -> int:
-    return int.from_bytes(d[0x3E:0x40], "little")
+    return mutate.ehdr_field(d, "shstrndx")
 
 
 def index(d: bytes, name: str) -> int:

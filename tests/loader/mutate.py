@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tests.qemu as qemu
 from fastlkm.elf.reader import ElfFile
+from fastlkm.elf.structs import LAYOUTS, Layout
 from fastlkm.kernel.modversions import MODULE_NAME_LEN
 
 
@@ -118,20 +119,11 @@ def hide_version(data: bytes, symbol: str) -> bytes:
     raise AssertionError(f"{symbol} not in __versions")
 
 
-# --- damaged ELF section headers (ELF64 little-endian, as the amd64 corpus) -------------
-
-E_SHOFF, E_SHENTSIZE, E_SHNUM, E_SHSTRNDX = 0x28, 0x3A, 0x3C, 0x3E
-SH_NAME, SH_TYPE, SH_OFFSET, SH_LINK = 0, 4, 24, 40
-SHDR_SIZE = 64
-SHT_PROGBITS = 1
+# --- damaged ELF headers, by field name (elf/structs.py's layouts) ---------------------
 
 
-def _put(data: bytes, at: int, value: int, size: int) -> bytes:
-    return data[:at] + value.to_bytes(size, "little") + data[at + size:]
-
-
-def _shdr_at(data: bytes, index: int) -> int:
-    return int.from_bytes(data[E_SHOFF:E_SHOFF + 8], "little") + index * SHDR_SIZE
+def _layout(data: bytes) -> Layout:
+    return LAYOUTS[(data[4], data[5] != 2)]
 
 
 def _index(data: bytes, name: str) -> int:
@@ -140,32 +132,37 @@ def _index(data: bytes, name: str) -> int:
     return sec.index
 
 
+def ehdr_field(data: bytes, field: str) -> int:
+    return getattr(_layout(data).read_ehdr(data), field)  # type: ignore[no-any-return]
+
+
 def set_ehdr(data: bytes, field: str, value: int) -> bytes:
-    """One field of the ELF header: 'shoff', 'shentsize', 'shnum' or 'shstrndx'."""
-    at, size = {"shoff": (E_SHOFF, 8), "shentsize": (E_SHENTSIZE, 2),
-                "shnum": (E_SHNUM, 2), "shstrndx": (E_SHSTRNDX, 2)}[field]
-    return _put(data, at, value, size)
+    """One field of the ELF header (Ehdr's names: 'shoff', 'shstrndx', ...)."""
+    lay = _layout(data)
+    h = lay.read_ehdr(data)._replace(**{field: value})
+    return lay.ehdr.pack(*h) + data[lay.ehdr.size:]
 
 
-def set_shdr(data: bytes, index: int | str, field: str, value: int) -> bytes:
-    """One field of a section header, by index or section name: 'name', 'type',
-    'offset' or 'link'."""
+def _shdr_at(data: bytes, index: int | str) -> int:
     i = _index(data, index) if isinstance(index, str) else index
-    at, size = {"name": (SH_NAME, 4), "type": (SH_TYPE, 4), "offset": (SH_OFFSET, 8),
-                "link": (SH_LINK, 4)}[field]
-    return _put(data, _shdr_at(data, i) + at, value, size)
+    return ehdr_field(data, "shoff") + i * _layout(data).shdr.size
 
 
 def shdr_field(data: bytes, index: int | str, field: str) -> int:
-    i = _index(data, index) if isinstance(index, str) else index
-    at, size = {"name": (SH_NAME, 4), "type": (SH_TYPE, 4), "offset": (SH_OFFSET, 8),
-                "link": (SH_LINK, 4)}[field]
-    start = _shdr_at(data, i) + at
-    return int.from_bytes(data[start:start + size], "little")
+    """One field of a section header, by index or section name (Shdr's names)."""
+    shdr = _layout(data).read_shdr(data, _shdr_at(data, index))
+    return getattr(shdr, field)  # type: ignore[no-any-return]
+
+
+def set_shdr(data: bytes, index: int | str, field: str, value: int) -> bytes:
+    lay = _layout(data)
+    at = _shdr_at(data, index)
+    h = lay.read_shdr(data, at)._replace(**{field: value})
+    return data[:at] + lay.shdr.pack(*h) + data[at + lay.shdr.size:]
 
 
 def unterminated_shstrtab(data: bytes) -> bytes:
     """The section name table's last byte made a letter."""
-    sec = ElfFile(data).sections[int.from_bytes(data[E_SHSTRNDX:E_SHSTRNDX + 2], "little")]
+    sec = ElfFile(data).sections[ehdr_field(data, "shstrndx")]
     at = sec.offset + sec.size - 1
     return data[:at] + b"x" + data[at + 1:]

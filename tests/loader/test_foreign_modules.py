@@ -163,11 +163,11 @@ DAMAGES: list[tuple[str, Callable[[bytes], bytes]]] = [
     ("name table index", lambda d: mutate.set_ehdr(
         d, "shstrndx", len(ElfFile(d).sections))),
     ("name table type", lambda d: mutate.set_shdr(
-        d, int.from_bytes(d[0x3E:0x40], "little"), "type", 1)),
+        d, mutate.ehdr_field(d, "shstrndx"), "type", 1)),
     ("name table unterminated", mutate.unterminated_shstrtab),
     ("section name past the table", lambda d: mutate.set_shdr(
         d, _code(d), "name", ElfFile(d).sections[
-            int.from_bytes(d[0x3E:0x40], "little")].size + 10)),
+            mutate.ehdr_field(d, "shstrndx")].size + 10)),
     ("two .modinfo", lambda d: mutate.set_shdr(
         d, ".comment", "name", mutate.shdr_field(d, ".modinfo", "name"))),
     ("no symbol table", lambda d: mutate.set_shdr(d, ".symtab", "type", 1)),

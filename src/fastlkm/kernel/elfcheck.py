@@ -4,59 +4,44 @@ _secstrings(), _index_info(), _index_mod(), _index_sym(), _index_str()), of the 
 function before it (6.4-6.11), and of elf_validity_check() and setup_load_info() before
 6.4, each with the kernel's own line.
 
-The image is read here with bounds of its own, not with the ELF reader: these are the
-files the reader refuses, and the question is what the kernel says of them.  The ELF
-header's type and machine are checked before this (kernel/module.py, the loader).
+The image is read with the struct layouts of elf/structs.py, not with the ELF reader:
+these are the files the reader refuses, and the question is what the kernel says of
+them.  The ELF header's type and machine are checked before this (kernel/module.py, the
+loader).
 """
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass
+from fastlkm.elf.structs import (
+    ELFMAG,
+    LAYOUTS,
+    SHF_ALLOC,
+    SHN_UNDEF,
+    SHT_NOBITS,
+    SHT_NULL,
+    SHT_STRTAB,
+    SHT_SYMTAB,
+    Shdr,
+)
+from fastlkm.kernel.modinfo import parse_modinfo
 
-from fastlkm.elf.structs import SHF_ALLOC, SHT_NOBITS, SHT_NULL, SHT_STRTAB, SHT_SYMTAB
-
-SHN_UNDEF = 0
 THIS_MODULE = b".gnu.linkonce.this_module"
 NO_NAME = "(missing .modinfo section or name field)"
 
 
-@dataclass(frozen=True)
-class Shdr:
-    name: int
-    type: int
-    flags: int
-    addr: int
-    offset: int
-    size: int
-    link: int
-
-
 class _Image:
-    """The ELF header fields and section headers the checks read, bounds-checked."""
+    """The ELF header and the section headers the checks read, by field name."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
-        self.is64 = data[4] == 2
-        self.end = ">" if data[5] == 2 else "<"
-        if self.is64:
-            (self.shoff, self.shentsize, self.shnum, self.shstrndx) = struct.unpack_from(
-                self.end + "Q10xHHH", data, 0x28)
-            self.shdr_size = 64
-        else:
-            (self.shoff, self.shentsize, self.shnum, self.shstrndx) = struct.unpack_from(
-                self.end + "I10xHHH", data, 0x20)
-            self.shdr_size = 40
+        self.layout = LAYOUTS[(data[4], data[5] != 2)]
+        h = self.layout.read_ehdr(data)
+        self.shoff, self.shentsize, self.shnum, self.shstrndx = \
+            h.shoff, h.shentsize, h.shnum, h.shstrndx
+        self.shdr_size = self.layout.shdr.size
 
     def shdr(self, i: int) -> Shdr:
-        at = self.shoff + i * self.shdr_size
-        if self.is64:
-            name, typ, flags, addr, off, size, link = struct.unpack_from(
-                self.end + "IIQQQQI", self.data, at)
-        else:
-            name, typ, flags, addr, off, size, link = struct.unpack_from(
-                self.end + "IIIIIII", self.data, at)
-        return Shdr(name, typ, flags, addr, off, size, link)
+        return self.layout.read_shdr(self.data, self.shoff + i * self.shdr_size)
 
     def in_bounds(self, s: Shdr) -> bool:
         """validate_section_offset()"""
@@ -69,11 +54,8 @@ class _Image:
 
 def _modinfo_name(img: _Image, sec: Shdr) -> str | None:
     """get_modinfo(info, "name") of a .modinfo section known to lie in the file."""
-    body = img.data[sec.offset:sec.offset + sec.size]
-    for entry in body.split(b"\0"):
-        if entry.startswith(b"name="):
-            return entry[5:].decode("utf-8", "replace")
-    return None
+    info = parse_modinfo(img.data[sec.offset:sec.offset + sec.size])
+    return next((v for k, v in info if k == "name"), None)
 
 
 def elf_validity(data: bytes, version: tuple[int, int], module_size: int | None = None
@@ -81,7 +63,7 @@ def elf_validity(data: bytes, version: tuple[int, int], module_size: int | None 
     """The kernel's line for the first check of *data* that fails on a kernel of
     *version* (major, minor), or None.  *module_size* is sizeof(struct module) of that
     kernel, when known (checked since 6.4)."""
-    if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] not in (1, 2):
+    if len(data) < 64 or data[:4] != ELFMAG or data[4] not in (1, 2):
         return None          # not an ELF image: the caller's error, not a verdict
     img = _Image(data)
     if img.shentsize != img.shdr_size:
@@ -111,23 +93,35 @@ def _shstrndx(img: _Image) -> str | None:
     return None
 
 
-def _this_module(name: str | None, shdrs: list[Shdr], found: list[int],
-                 module_size: int | None, exactly: bool) -> str | None:
-    """elf_validity_cache_index_mod() (6.4 and later)."""
+def this_module_problem(name: str | None, count: int, sh_type: int, sh_flags: int,
+                        size: int, version: tuple[int, int], module_size: int | None
+                        ) -> str | None:
+    """The kernel's line for a module's *count* ``.gnu.linkonce.this_module`` sections
+    (the last one's type, flags and size) on a kernel of *version*, or None:
+    setup_load_info() before 6.4, elf_validity_cache_index_mod() since (its words
+    changed in 6.12)."""
     who = name or NO_NAME
-    if len(found) != 1:
-        return f"module {who}: {'Exactly' if exactly else 'Only'} one " \
+    if version < (6, 4):
+        return f"{who}: No module found in object" if count == 0 else None
+    if count != 1:
+        return f"module {who}: {'Exactly' if version >= (6, 12) else 'Only'} one " \
                f".gnu.linkonce.this_module section must exist."
-    s = shdrs[found[0]]
-    if s.type == SHT_NOBITS:
+    if sh_type == SHT_NOBITS:
         return f"module {who}: .gnu.linkonce.this_module section must have a size set"
-    if not s.flags & SHF_ALLOC:
+    if not sh_flags & SHF_ALLOC:
         return f"module {who}: .gnu.linkonce.this_module must occupy memory during " \
                f"process execution"
-    if module_size is not None and s.size != module_size:
+    if module_size is not None and size != module_size:
         return f"module {who}: .gnu.linkonce.this_module section size must match the " \
                f"kernel's built struct module size at run time"
     return None
+
+
+def _this_module(name: str | None, shdrs: list[Shdr], found: list[int],
+                 version: tuple[int, int], module_size: int | None) -> str | None:
+    last = shdrs[found[-1]] if found else shdrs[0]
+    return this_module_problem(name, len(found), last.type, last.flags, last.size,
+                               version, module_size)
 
 
 def _since_6_12(img: _Image, shdrs: list[Shdr], module_size: int | None) -> str | None:
@@ -161,7 +155,7 @@ def _since_6_12(img: _Image, shdrs: list[Shdr], module_size: int | None) -> str 
         return "Only one .modinfo section must exist."
     name = _modinfo_name(img, shdrs[infos[0]]) if infos else None
     # elf_validity_cache_index_mod()
-    if why := _this_module(name, shdrs, named(THIS_MODULE), module_size, True):
+    if why := _this_module(name, shdrs, named(THIS_MODULE), (6, 12), module_size):
         return why
     # elf_validity_cache_index_sym()
     syms = [i for i, s in enumerate(shdrs) if i and s.type == SHT_SYMTAB]
@@ -220,7 +214,7 @@ def _before_6_12(img: _Image, shdrs: list[Shdr], version: tuple[int, int],
         name = _modinfo_name(img, shdrs[infos[0]]) if infos else None
         if len(syms) != 1:
             return f"{name or NO_NAME}: module has no symbols (stripped?)"
-        return _this_module(name, shdrs, mods, module_size, False)
+        return _this_module(name, shdrs, mods, version, module_size)
     # setup_load_info(): find_sec() takes the first SHF_ALLOC section of a name
     def find_sec(want: bytes) -> int:
         for i, s in enumerate(shdrs[1:], 1):
@@ -232,6 +226,5 @@ def _before_6_12(img: _Image, shdrs: list[Shdr], version: tuple[int, int],
     name = _modinfo_name(img, shdrs[info]) if info else None
     if not syms:
         return f"{name or NO_NAME}: module has no symbols (stripped?)"
-    if not find_sec(THIS_MODULE):
-        return f"{name or NO_NAME}: No module found in object"
-    return None
+    return this_module_problem(name, 1 if find_sec(THIS_MODULE) else 0, 0, 0, 0, version,
+                               module_size)

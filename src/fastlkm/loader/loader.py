@@ -28,9 +28,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fastlkm.elf.structs import EM_386, EM_PPC64, EM_X86_64, SHF_ALLOC, SHT_NOBITS
+from fastlkm.elf.structs import (
+    ELFMAG,
+    EM_386,
+    EM_PPC64,
+    EM_X86_64,
+    LAYOUTS,
+)
 from fastlkm.errors import FormatError
-from fastlkm.kernel.elfcheck import elf_validity
+from fastlkm.kernel.elfcheck import elf_validity, this_module_problem
 from fastlkm.kernel.facts import KSYM_FLAG_PROTECTED, Export, Kernel, License, Module
 from fastlkm.kernel.modinfo import license_is_gpl_compatible
 from fastlkm.kernel.modname import modname
@@ -243,6 +249,11 @@ class Loader:
         problem = self.image_problem(data)
         if problem is None:
             return self.load(parse_module(data, path), sig)
+        return self.refuse_image(path, sig, problem)
+
+    def refuse_image(self, path: str, sig: SigCheck, problem: str) -> LoadResult:
+        """load_module() of an image whose *problem* image_problem() found: the
+        signature is checked first, as the kernel does."""
         res = LoadResult(modname(path), path, ok=False, sig=sig)
         self._module_sig_check(False, sig, res)
         if not res.err:
@@ -255,9 +266,9 @@ class Loader:
         before it reads them as a module, or None: the ELF header's type and machine
         (elf_validity_ehdr()), then the section headers (kernel/elfcheck.py)."""
         problem = elf_header_problem(data)
-        if problem is None and len(data) >= 64 and data[:4] == b"\x7fELF":
+        if problem is None and len(data) >= 64 and data[:4] == ELFMAG and data[4] in (1, 2):
             problem = self._machine_problem(
-                int.from_bytes(data[18:20], "big" if data[5] == 2 else "little"))
+                LAYOUTS[(data[4], data[5] != 2)].read_ehdr(data).machine)
         if problem is None:
             try:
                 image = split_signature(data)[0]   # module_sig_check() cut the trailer
@@ -304,35 +315,14 @@ class Loader:
             res.messages.append(Message(problem, "elf"))
             res.err = -ENOEXEC
             return True
-        info_name = module.info1("name") or "(missing .modinfo section or name field)"
         tm = module.this_module
-        why = None
         if tm is None:
             return False      # not known (facts from an older snapshot)
-        if tm.count == 0 or (self.split_load_module and tm.count != 1):
-            # the words changed with elf_validity_cache_index_mod() in 6.12
-            why = None if not self.split_load_module else \
-                f"{'Exactly' if self.version >= (6, 12) else 'Only'} one " \
-                ".gnu.linkonce.this_module section must exist."
-            if why is None:
-                # setup_load_info() before 6.4
-                res.messages.append(Message(f"{info_name}: No module found in object",
-                                            "elf"))
-                res.err = -ENOEXEC
-                return True
-        elif not self.split_load_module:
+        problem = this_module_problem(module.info1("name"), tm.count, tm.type, tm.flags,
+                                      tm.size, self.version, self.kernel.struct_module_size)
+        if problem is None:
             return False
-        elif tm.type == SHT_NOBITS:
-            why = ".gnu.linkonce.this_module section must have a size set"
-        elif not tm.flags & SHF_ALLOC:
-            why = ".gnu.linkonce.this_module must occupy memory during process execution"
-        elif self.kernel.struct_module_size is not None and \
-                tm.size != self.kernel.struct_module_size:
-            why = ".gnu.linkonce.this_module section size must match the kernel's built " \
-                  "struct module size at run time"
-        if why is None:
-            return False
-        res.messages.append(Message(f"module {info_name}: {why}", "elf"))
+        res.messages.append(Message(problem, "elf"))
         res.err = -ENOEXEC
         return True
 
