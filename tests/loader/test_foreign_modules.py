@@ -144,10 +144,6 @@ def _own(kernel: str, s: System, built: dict[str, Built], tmp: Path) -> Built:
 Step = tuple[str, Path, bool]   # label, file, loads
 
 
-def _strtab(data: bytes) -> int:
-    return ElfFile(data).section(".strtab").index  # type: ignore[union-attr]
-
-
 def _code(data: bytes) -> int:
     """The first section with contents (PROGBITS, not empty)."""
     return next(s.index for s in ElfFile(data).sections if s.type == 1 and s.size)
@@ -172,7 +168,7 @@ DAMAGES: list[tuple[str, Callable[[bytes], bytes]]] = [
         d, ".comment", "name", mutate.shdr_field(d, ".modinfo", "name"))),
     ("no symbol table", lambda d: mutate.set_shdr(d, ".symtab", "type", 1)),
     ("symbol table link", lambda d: mutate.set_shdr(d, ".symtab", "link", 0)),
-    ("symbol string table type", lambda d: mutate.set_shdr(d, _strtab(d), "type", 1)),
+    ("symbol string table type", lambda d: mutate.set_shdr(d, ".strtab", "type", 1)),
     ("no struct module", lambda d: mutate.set_shdr(
         d, ".gnu.linkonce.this_module", "name", mutate.shdr_field(d, ".comment", "name"))),
     ("struct module NOBITS", lambda d: mutate.set_shdr(
